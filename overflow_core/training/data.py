@@ -1,0 +1,396 @@
+"""Procedural long-context QA data for the bundled model.
+
+A context is a few short documents of filler prose with facts ("the <attribute> of <key> is <value>") scattered through them;
+questions ask for one attribute of one key. A question whose answer is absent (the key is missing, the key is there with another
+attribute, or a similar key has the attribute) must be answered with the not-found phrase: that abstention is what OPRM's IDK
+filter relies on once there are hundreds of chunks.
+
+Variety is composed, not enumerated: fact sentences are opening x core x ending, values come from many generators, and filler
+comes from several small grammars. A part of every axis is held out (``split="heldout"``) so the evaluation can measure
+generalization to phrasings, attributes and filler that training never saw.
+
+Everything is driven by a ``random.Random``; the same seed gives the same data.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["Fact", "Question", "Sample", "Curriculum", "FactWorld", "Split"]
+
+Split = Literal["train", "heldout"]
+
+FIRST = (
+    "Alice Aaron Bella Boris Carla Cyrus Daria Dmitri Elena Elias Fatima Felix Greta Gustav Hana Hugo Irene Ivan Julia "
+    "Jonas Kira Kofi Laura Lucas Maya Milo Nadia Nikolai Olga Omar Paula Pedro Quinn Rosa Rafael Sara Samuel Tara Tomas "
+    "Uma Victor Vera Walter Wendy Xavier Yara Yusuf Zoe Zane Amara Bruno Clara Dario Esther Farid Gloria Henrik Ines Jakob"
+).split()
+LAST = (
+    "Adler Baker Castro Dalton Ellis Fischer Garcia Hansen Ibrahim Jensen Keller Larsen Moreau Novak Okafor Petrov Quinlan "
+    "Romero Schmidt Tanaka Ueda Varga Weber Xu Yilmaz Zimmer Alvarez Brennan Costa Duval Eriksen Fontaine Gallo Horvat "
+    "Ivanova Jovanovic Kowalski Lindqvist Mendez Nakamura Olsen Pereira Rossi Sato Torres Ulrich Vidal Wagner Young Zhou"
+).split()
+WORDS = (
+    "falcon harbor cedar orbit maple summit ember delta aurora beacon canyon glacier lantern meadow nimbus onyx prism quartz "
+    "raven sierra tundra velvet willow zephyr atlas comet dune fjord granite horizon iris jasper kestrel lotus mosaic nova "
+    "opal pioneer quill river saffron thistle umber vortex"
+).split()
+CITIES = (
+    "Lisbon Oslo Nairobi Lima Kyoto Dublin Porto Tunis Quito Hanoi Riga Sofia Zagreb Accra Bergen Cusco Dakar Izmir Malmo "
+    "Perth Turin Vilnius Zurich Austin Boston Denver Leeds Lyon Munich Osaka Seville Tallinn"
+).split()
+COLOURS = "red blue green yellow purple orange black white silver golden teal maroon crimson navy beige violet".split()
+FRUITS = "apple mango cherry banana plum peach lemon melon grape kiwi papaya apricot".split()
+JOBS = "teacher pilot baker nurse farmer lawyer painter chemist plumber librarian architect sailor".split()
+HOBBIES = "chess rowing pottery fencing sailing knitting archery cycling climbing juggling".split()
+INSTRUMENTS = "violin cello piano flute trumpet harp drums guitar oboe banjo".split()
+ANIMALS = "otter badger heron lynx panda walrus gecko falcon bison koala".split()
+MONTHS = "January February March April May June July August September October November December".split()
+WEEKDAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+
+
+def _digits(rng: random.Random, lo: int, hi: int) -> str:
+    n = rng.randint(lo, hi)
+    return str(rng.randint(1, 9)) + "".join(rng.choice(string.digits) for _ in range(n - 1))
+
+
+def _code(rng: random.Random) -> str:
+    letters = "".join(rng.choice(string.ascii_uppercase) for _ in range(rng.randint(2, 3)))
+    return f"{letters}-{_digits(rng, 3, 4)}"
+
+
+def _plate(rng: random.Random) -> str:
+    letters = "".join(rng.choice(string.ascii_uppercase) for _ in range(3))
+    return f"{letters} {_digits(rng, 3, 3)}"
+
+
+def _person(rng: random.Random) -> str:
+    return f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+
+
+ValueGen = Callable[[random.Random], str]
+
+# attribute -> value generator. The held-out attributes test generalization to attribute names never seen in training.
+TRAIN_ATTRIBUTES: dict[str, ValueGen] = {
+    "phone number": lambda r: f"{_digits(r, 3, 3)}-{_digits(r, 4, 4)}",
+    "locker number": lambda r: _digits(r, 2, 4),
+    "badge number": lambda r: _digits(r, 4, 6),
+    "employee ID": lambda r: _digits(r, 5, 6),
+    "room number": lambda r: _digits(r, 3, 3),
+    "account number": lambda r: _digits(r, 6, 8),
+    "PIN": lambda r: _digits(r, 4, 4),
+    "birth year": lambda r: str(r.randint(1930, 2015)),
+    "year of arrival": lambda r: str(r.randint(1950, 2024)),
+    "birthday": lambda r: f"{r.randint(1, 28)} {r.choice(MONTHS)}",
+    "start date": lambda r: f"{r.randint(1, 28)} {r.choice(MONTHS)} {r.randint(1990, 2025)}",
+    "home city": lambda r: r.choice(CITIES),
+    "hometown": lambda r: r.choice(CITIES),
+    "favorite color": lambda r: r.choice(COLOURS),
+    "car color": lambda r: r.choice(COLOURS),
+    "access code": _code,
+    "license plate": _plate,
+    "serial code": _code,
+    "password": lambda r: f"{r.choice(WORDS)}{_digits(r, 2, 3)}",
+    "manager": _person,
+    "best friend": _person,
+    "doctor": lambda r: f"Dr. {r.choice(LAST)}",
+    "pet's name": lambda r: r.choice(WORDS).capitalize(),
+    "weight": lambda r: f"{r.randint(40, 120)} kg",
+    "height": lambda r: f"{r.randint(140, 205)} cm",
+    "salary": lambda r: f"{r.randint(18, 95)}00 dollars",
+    "age": lambda r: str(r.randint(18, 90)),
+    "favorite fruit": lambda r: r.choice(FRUITS),
+    "job": lambda r: r.choice(JOBS),
+    "hobby": lambda r: r.choice(HOBBIES),
+    "instrument": lambda r: r.choice(INSTRUMENTS),
+    "secret number": lambda r: _digits(r, 3, 6),
+    "lucky number": lambda r: _digits(r, 1, 3),
+    "office": lambda r: f"{r.choice(string.ascii_uppercase)}{_digits(r, 2, 3)}",
+}
+HELDOUT_ATTRIBUTES: dict[str, ValueGen] = {
+    "parking spot": lambda r: _digits(r, 2, 3),
+    "favorite animal": lambda r: r.choice(ANIMALS),
+    "flight code": _code,
+    "anniversary": lambda r: f"{r.randint(1, 28)} {r.choice(MONTHS)}",
+    "zip code": lambda r: _digits(r, 5, 5),
+    "mentor": _person,
+}
+
+TRAIN_FACT_CORES = (
+    "The {attr} of {key} is {value}.",
+    "{key}'s {attr} is {value}.",
+    "For {key}, the {attr} is {value}.",
+    "The {attr} for {key} is listed as {value}.",
+    "{value} is the {attr} of {key}.",
+    "{key} lists {value} as the {attr}.",
+    "{key} - {attr}: {value}.",
+    "{attr} of {key}: {value}.",
+    "We recorded {value} as the {attr} of {key}.",
+    "The file says that the {attr} of {key} is {value}.",
+    "{key} has {value} as {attr}.",
+    "Remember: {key}, {attr} {value}.",
+)
+HELDOUT_FACT_CORES = (
+    "Everyone knows that {key} uses {value} as the {attr}.",
+    "{key} ({attr}) = {value}.",
+    "In the records, {key} appears with the {attr} {value}.",
+)
+FACT_OPENINGS = ("", "", "", "Note: ", "According to the file, ", "As of this year, ", "Officially, ", "In short, ")
+FACT_ENDINGS = ("", "", "", " This was confirmed later.", " Nobody disputes this.", " It has not changed since.")
+
+TRAIN_QUESTIONS = (
+    "What is the {attr} of {key}?",
+    "What is {key}'s {attr}?",
+    "Tell me the {attr} of {key}.",
+    "Which {attr} does {key} have?",
+    "{key}: what is the {attr}?",
+    "Give the {attr} for {key}.",
+    "What {attr} is listed for {key}?",
+    "Do you know the {attr} of {key}?",
+    "what is the {attr} of {key}",
+)
+HELDOUT_QUESTIONS = (
+    "Could you find {key}'s {attr}?",
+    "I need the {attr} that belongs to {key}.",
+    "Look up {key} and report the {attr}.",
+)
+
+
+def _filler_grammar(r: random.Random) -> str:
+    adj = r.choice("quiet busy old bright narrow distant small heavy modern rusty".split())
+    noun = r.choice("train market bridge garden tower engine library river factory harbor".split())
+    verb = r.choice("passed near stood beside faced overlooked blocked joined".split())
+    obj = r.choice(["the square", "the station", "the forest", "the hill", "the old road", "the canal"])
+    return f"The {adj} {noun} {verb} {obj}."
+
+
+def _filler_news(r: random.Random) -> str:
+    org = r.choice(["city council", "museum", "school board", "weather office", "rail company", "library"])
+    thing = r.choice("schedule policy exhibit program budget route".split())
+    return f"On {r.choice(WEEKDAYS)}, the {org} announced a new {thing}."
+
+
+def _filler_log(r: random.Random) -> str:
+    system = r.choice("backup scheduler gateway printer sensor uplink".split())
+    status = r.choice(["completed", "restarted", "failed over", "went idle", "reported normal load", "synced"])
+    return f"[{r.randint(0, 23):02d}:{r.randint(0, 59):02d}] The {system} {status}."
+
+
+def _filler_story(r: random.Random) -> str:
+    place = r.choice("bakery park station harbor museum office garden".split())
+    act = r.choice("bought a newspaper|met a friend|lost an umbrella|read a book|fed the birds|took a photo".split("|"))
+    return f"{r.choice(FIRST)} went to the {place} and {act}."
+
+
+def _filler_weather(r: random.Random) -> str:
+    sky = r.choice("cloudy|sunny|windy|foggy|rainy|cold|warm".split("|"))
+    return f"The morning was {sky}, and the {r.choice(['streets', 'fields', 'roads', 'hills'])} stayed {r.choice(['empty', 'wet', 'calm', 'busy'])}."
+
+
+def _filler_recipe(r: random.Random) -> str:  # held out
+    food = r.choice("flour rice sugar butter oats beans".split())
+    return f"Add {r.choice(['one', 'two', 'three'])} cups of {food} and stir for {r.randint(2, 15)} minutes."
+
+
+def _filler_manual(r: random.Random) -> str:  # held out
+    part = r.choice("valve|switch|panel|cable|filter".split("|"))
+    return f"Before use, check that the {part} is {r.choice(['clean', 'secure', 'dry', 'closed'])} and press the reset button."
+
+
+TRAIN_FILLERS: tuple[Callable[[random.Random], str], ...] = (
+    _filler_grammar,
+    _filler_news,
+    _filler_log,
+    _filler_story,
+    _filler_weather,
+)
+HELDOUT_FILLERS: tuple[Callable[[random.Random], str], ...] = (_filler_recipe, _filler_manual)
+TITLES = ("Report", "Notes", "Memo", "Record", "Log", "Summary", "Minutes", "Letter")
+
+
+@dataclass(frozen=True)
+class Fact:
+    key: str
+    attr: str
+    value: str
+    sentence: str
+
+
+@dataclass(frozen=True)
+class Question:
+    text: str
+    answer: str  # the value, or the not-found phrase
+    key: str
+    attr: str
+    present: bool
+
+
+@dataclass(frozen=True)
+class Sample:
+    context: str
+    facts: tuple[Fact, ...]
+    questions: tuple[Question, ...]
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    """How hard a sample is. ``Curriculum.at(progress)`` ramps from easy to hard over training."""
+
+    max_facts: int = 8
+    min_chars: int = 100  # length of the context in characters (about 3.5 characters a token)
+    max_chars: int = 880
+    empty_rate: float = 0.1  # contexts without any fact
+    absent_rate: float = 0.4
+    hard_negative_rate: float = 0.6  # of absent questions: a similar key or the same key with another attribute
+    distractor_rate: float = 0.5  # facts about keys similar to a queried one
+    questions: int = 4
+
+    @classmethod
+    def at(cls, progress: float) -> Curriculum:
+        p = min(max(progress, 0.0), 1.0)
+        if p < 0.12:
+            return cls(
+                max_facts=2, min_chars=0, max_chars=250, empty_rate=0.0, absent_rate=0.2,
+                hard_negative_rate=0.2, distractor_rate=0.1, questions=4,
+            )
+        if p < 0.3:
+            return cls(
+                max_facts=4, min_chars=50, max_chars=550, empty_rate=0.05, absent_rate=0.3,
+                hard_negative_rate=0.4, distractor_rate=0.3, questions=5,
+            )
+        ramp = (p - 0.3) / 0.7
+        return cls(
+            max_facts=8,
+            min_chars=100,
+            max_chars=880,
+            empty_rate=0.1,
+            absent_rate=0.35 + 0.2 * ramp,
+            hard_negative_rate=0.5 + 0.3 * ramp,
+            distractor_rate=0.5,
+            questions=6,
+        )
+
+
+@dataclass
+class FactWorld:
+    """Draws samples of one split. ``split="heldout"`` uses only held-out phrasings, attributes and filler."""
+
+    split: Split = "train"
+    not_found: str = "not found"
+    attributes: dict[str, ValueGen] = field(init=False)
+    cores: tuple[str, ...] = field(init=False)
+    questions: tuple[str, ...] = field(init=False)
+    fillers: tuple[Callable[[random.Random], str], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        held = self.split == "heldout"
+        self.attributes = HELDOUT_ATTRIBUTES if held else TRAIN_ATTRIBUTES
+        self.cores = HELDOUT_FACT_CORES if held else TRAIN_FACT_CORES
+        self.questions = HELDOUT_QUESTIONS if held else TRAIN_QUESTIONS
+        self.fillers = HELDOUT_FILLERS if held else TRAIN_FILLERS
+
+    # -- pieces ---------------------------------------------------------------------------------------------------------
+    def key(self, r: random.Random) -> str:
+        kind = r.random()
+        if kind < 0.7:
+            return _person(r)
+        if kind < 0.8:
+            return f"project {r.choice(WORDS).capitalize()}"
+        if kind < 0.9:
+            return f"the ship {r.choice(WORDS).capitalize()}"
+        return f"{r.choice(WORDS).capitalize()} {r.choice(['Ltd', 'Group', 'Labs', 'Works'])}"
+
+    def similar_key(self, r: random.Random, key: str) -> str:
+        parts = key.split(" ")
+        if len(parts) == 2 and parts[0] in FIRST:
+            return f"{parts[0]} {r.choice(LAST)}" if r.random() < 0.5 else f"{r.choice(FIRST)} {parts[1]}"
+        return f"{' '.join(parts[:-1])} {r.choice(WORDS).capitalize()}" if len(parts) > 1 else self.key(r)
+
+    def fact(self, r: random.Random, key: str, attr: str) -> Fact:
+        value = self.attributes[attr](r)
+        core = r.choice(self.cores).format(key=key, attr=attr, value=value)
+        opening = r.choice(FACT_OPENINGS)
+        if opening and not core.startswith((key, value)):
+            core = core[0].lower() + core[1:]
+        sentence = f"{opening}{core}{r.choice(FACT_ENDINGS)}"
+        return Fact(key=key, attr=attr, value=value, sentence=sentence[0].upper() + sentence[1:])
+
+    def filler(self, r: random.Random) -> str:
+        return r.choice(self.fillers)(r)
+
+    def question(self, r: random.Random, key: str, attr: str, answer: str, present: bool) -> Question:
+        text = r.choice(self.questions).format(key=key, attr=attr)
+        return Question(text=text[0].upper() + text[1:], answer=answer, key=key, attr=attr, present=present)
+
+    # -- samples --------------------------------------------------------------------------------------------------------
+    def facts(self, r: random.Random, n: int, distractor_rate: float) -> list[Fact]:
+        out: list[Fact] = []
+        used: set[tuple[str, str]] = set()
+        attrs = list(self.attributes)
+        while len(out) < n:
+            if out and r.random() < distractor_rate:
+                base = r.choice(out)
+                key, attr = (self.similar_key(r, base.key), base.attr) if r.random() < 0.6 else (base.key, r.choice(attrs))
+            else:
+                key, attr = self.key(r), r.choice(attrs)
+            if (key, attr) in used:
+                continue
+            used.add((key, attr))
+            out.append(self.fact(r, key, attr))
+        return out
+
+    def absent_question(self, r: random.Random, facts: list[Fact], hard_rate: float) -> Question:
+        present = {(f.key, f.attr) for f in facts}
+        attrs = list(self.attributes)
+        for _ in range(50):
+            if facts and r.random() < hard_rate:
+                base = r.choice(facts)
+                key, attr = (base.key, r.choice(attrs)) if r.random() < 0.5 else (self.similar_key(r, base.key), base.attr)
+            else:
+                key, attr = self.key(r), r.choice(attrs)
+            if (key, attr) not in present:
+                return self.question(r, key, attr, self.not_found, present=False)
+        return self.question(r, "Quentin Nobody", r.choice(attrs), self.not_found, present=False)
+
+    def document(self, r: random.Random, facts: list[Fact], target_chars: int) -> str:
+        """Filler sentences up to about ``target_chars``, with the facts at random places, cut into short documents."""
+        sentences: list[str] = []
+        size = sum(len(f.sentence) + 1 for f in facts)
+        while size < target_chars:
+            sentences.append(self.filler(r))
+            size += len(sentences[-1]) + 1
+        for fact in facts:
+            sentences.insert(r.randint(0, len(sentences)), fact.sentence)
+        paragraphs: list[str] = []
+        i = 0
+        while i < len(sentences):
+            step = r.randint(2, 7)
+            para = " ".join(sentences[i : i + step])
+            if r.random() < 0.25:
+                para = f"{r.choice(TITLES)} {r.randint(1, 99)}:\n{para}"
+            paragraphs.append(para)
+            i += step
+        return "\n\n".join(paragraphs)
+
+    def sample(
+        self, r: random.Random, curriculum: Curriculum, n_facts: int | None = None, target_chars: int | None = None
+    ) -> Sample:
+        """One context with ``curriculum.questions`` questions. ``n_facts=0`` gives a fact-free context."""
+        if n_facts is None:
+            n_facts = 0 if r.random() < curriculum.empty_rate else r.randint(1, curriculum.max_facts)
+        facts = self.facts(r, n_facts, curriculum.distractor_rate)
+        if target_chars is None:
+            target_chars = r.randint(curriculum.min_chars, curriculum.max_chars)
+        context = self.document(r, facts, target_chars)
+        questions = []
+        for _ in range(curriculum.questions):
+            if not facts or r.random() < curriculum.absent_rate:
+                questions.append(self.absent_question(r, facts, curriculum.hard_negative_rate))
+            else:
+                f = r.choice(facts)
+                questions.append(self.question(r, f.key, f.attr, f.value, present=True))
+        return Sample(context=context, facts=tuple(facts), questions=tuple(questions))

@@ -1,0 +1,310 @@
+"""Train the bundled default model from scratch on CPU: seeded, resumable, checkpointed (safetensors only).
+
+Usage::
+
+    python -m overflow_core.training.train --run runs/default --steps 2200 --seed 0
+    python -m overflow_core.training.train --run runs/default --export overflow_core/models/default   # after training
+
+The recipe follows ``shared/TRAINING_NOTES.md``: an easy start (few facts, short contexts) with loss on every token (context
+weight 0.25, answer weight 1), then longer contexts, more facts, more absent questions and harder negatives. Each context is
+followed by several question turns (the first in exactly the engine's prompt format, the rest as follow-up chat turns), which
+gives several answers of supervision per context read. Data for step ``s`` is drawn from ``Random(seed * 1_000_003 + s)``,
+so a resumed run sees exactly the data an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from overflow_core.prompting import DEFAULT_NOT_FOUND, build_template, encode_template
+from overflow_core.training.data import Curriculum, FactWorld, Sample
+from overflow_core.training.tokenizer import train_tokenizer
+
+logger = logging.getLogger("overflow_core.training")
+
+__all__ = ["TrainConfig", "encode_sample", "train", "export"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2200
+    batch_size: int = 16
+    lr: float = 2.5e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.05
+    context_weight: float = 0.25
+    seed: int = 0
+    hidden_size: int = 256
+    layers: int = 4
+    state_size: int = 64
+    head_dim: int = 32
+    vocab_size: int = 2048
+    chunk_tokens: int = 256  # the training length: contexts are at most this many tokens
+    checkpoint_every: int = 100
+    eval_every: int = 200
+    threads: int = 2
+
+
+def build_model(cfg: TrainConfig, tokenizer: Any) -> torch.nn.Module:
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    config = Mamba2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        state_size=cfg.state_size,
+        num_heads=2 * cfg.hidden_size // cfg.head_dim,
+        head_dim=cfg.head_dim,
+        expand=2,
+        n_groups=1,
+        num_hidden_layers=cfg.layers,
+        chunk_size=64,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        use_cache=True,
+    )
+    torch.manual_seed(cfg.seed)
+    return Mamba2ForCausalLM(config)
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def encode_sample(tokenizer: Any, sample: Sample, max_context: int) -> tuple[list[int], list[float]] | None:
+    """Token ids and per-token loss weights (weight of predicting token t from tokens < t).
+
+    The first turn is exactly the engine's prompt (prefix + chunk + infix + question + suffix, each part tokenized on its
+    own); the answer and ``<|end|>`` follow. Returns None when the context exceeds ``max_context`` tokens.
+    """
+    template = build_template(tokenizer)
+    parts = encode_template(tokenizer, template)
+    context = _ids(tokenizer, sample.context)
+    if len(context) > max_context:
+        return None
+    end = tokenizer.eos_token_id
+    ids = [*parts.prefix, *context, *parts.infix]
+    weights = [0.25] * len(ids)
+    follow_up = _ids(tokenizer, "<|user|>Question: ")
+    for i, q in enumerate(sample.questions):
+        lead = list(parts.infix[:0]) if i == 0 else follow_up
+        prompt = [*lead, *_ids(tokenizer, q.text), *parts.suffix]
+        answer = [*_ids(tokenizer, q.answer), end]
+        ids += prompt + answer
+        weights += [0.25] * len(prompt) + [1.0] * len(answer)
+    return ids, weights
+
+
+def _batch(tokenizer: Any, world: FactWorld, rng: random.Random, cfg: TrainConfig, progress: float) -> tuple[
+    torch.Tensor, torch.Tensor
+]:
+    curriculum = Curriculum.at(progress)
+    rows: list[tuple[list[int], list[float]]] = []
+    while len(rows) < cfg.batch_size:
+        encoded = encode_sample(tokenizer, world.sample(rng, curriculum), cfg.chunk_tokens)
+        if encoded is not None:
+            rows.append(encoded)
+    width = max(len(r[0]) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    weights = torch.zeros((len(rows), width))
+    for i, (row, w) in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)  # right padding: causal, so pads never touch real tokens
+        weights[i, : len(w)] = torch.tensor(w)
+    weights[:, 0] = 0.0  # nothing predicts the first token
+    return ids, weights
+
+
+def weighted_loss(logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, context_weight: float) -> torch.Tensor:
+    """Cross-entropy of logits ``[B, T, V]`` predicting ``ids[:, 1:]``, weighted per target token (``weights [B, T]``)."""
+    w = weights[:, 1:].clone()
+    w[(w > 0) & (w < 1)] = context_weight
+    losses = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+    return (losses * w.flatten()).sum() / w.sum().clamp_min(1.0)
+
+
+def _lr(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+@torch.inference_mode()
+def quick_eval(model: torch.nn.Module, tokenizer: Any, seed: int, n: int = 32) -> dict[str, float]:
+    """Teacher-forced exact match of the first answer (equal to greedy exact match) on fresh contexts of full length."""
+    model.eval()
+    out: dict[str, float] = {}
+    for split in ("train", "heldout"):
+        world = FactWorld(split)  # type: ignore[arg-type]
+        for n_facts in (1, 4, 8):
+            rng = random.Random(seed + 7919 * n_facts + (0 if split == "train" else 1))
+            hits = {"present": [0, 0], "absent": [0, 0]}
+            for _ in range(n):
+                cur = Curriculum(absent_rate=0.5, hard_negative_rate=0.7, questions=1, max_chars=880, min_chars=700)
+                sample = world.sample(rng, cur, n_facts=n_facts)
+                enc = encode_sample(tokenizer, Sample(sample.context, sample.facts, sample.questions[:1]), 10_000)
+                assert enc is not None
+                ids, weights = enc
+                x = torch.tensor([ids])
+                pred = model(input_ids=x).logits[0].argmax(-1)
+                answer_pos = [t for t in range(1, len(ids)) if weights[t] == 1.0]
+                ok = all(int(pred[t - 1]) == ids[t] for t in answer_pos)
+                kind = "present" if sample.questions[0].present else "absent"
+                hits[kind][0] += int(ok)
+                hits[kind][1] += 1
+            for kind, (h, t) in hits.items():
+                if t:
+                    out[f"{split}/{n_facts}facts/{kind}"] = round(h / t, 3)
+    model.train()
+    return out
+
+
+def _save_checkpoint(run: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, elapsed: float) -> None:
+    tmp = run / "checkpoint.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(tmp / "model.safetensors"))  # handles the tied embedding / lm_head weight
+    opt_tensors: dict[str, torch.Tensor] = {}
+    for i, p in enumerate(model.parameters()):
+        state = opt.state.get(p, {})
+        for name in ("exp_avg", "exp_avg_sq"):
+            if name in state:
+                opt_tensors[f"{i}.{name}"] = state[name].contiguous()
+        if "step" in state:
+            opt_tensors[f"{i}.step"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(1)
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({"step": step, "elapsed_s": elapsed}))
+    final = run / "checkpoint"
+    old = run / "checkpoint.old"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+
+
+def _load_checkpoint(run: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, float]:
+    ckpt = run / "checkpoint"
+    if not (ckpt / "state.json").exists():
+        return 0, 0.0
+    load_model(model, str(ckpt / "model.safetensors"))
+    tensors = load_file(str(ckpt / "optimizer.safetensors"))
+    for i, p in enumerate(model.parameters()):
+        if f"{i}.exp_avg" in tensors:
+            opt.state[p] = {
+                "exp_avg": tensors[f"{i}.exp_avg"],
+                "exp_avg_sq": tensors[f"{i}.exp_avg_sq"],
+                "step": tensors[f"{i}.step"].reshape(()),
+            }
+    state = json.loads((ckpt / "state.json").read_text())
+    return int(state["step"]), float(state["elapsed_s"])
+
+
+def train(run_dir: str | Path, cfg: TrainConfig) -> Path:
+    """Train (or resume) in ``run_dir``; returns the checkpoint folder."""
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(cfg.threads)
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if not (run / "tokenizer" / "tokenizer.json").exists():
+        train_tokenizer(run / "tokenizer", vocab_size=cfg.vocab_size, seed=cfg.seed + 1)
+    tokenizer = AutoTokenizer.from_pretrained(str(run / "tokenizer"))
+    model = build_model(cfg, tokenizer)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+    )
+    step, elapsed = _load_checkpoint(run, model, opt)
+    world = FactWorld("train")
+    log = (run / "log.jsonl").open("a")
+    model.train()
+    start = time.time() - elapsed
+    while step < cfg.steps:
+        rng = random.Random(cfg.seed * 1_000_003 + step)
+        ids, weights = _batch(tokenizer, world, rng, cfg, step / cfg.steps)
+        for group in opt.param_groups:
+            group["lr"] = _lr(cfg, step)
+        loss = weighted_loss(model(input_ids=ids).logits, ids, weights, cfg.context_weight)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        record: dict[str, Any] = {"step": step, "loss": round(float(loss.detach()), 4), "s": round(time.time() - start, 1)}
+        if step % 10 == 0:
+            record["tokens"] = int(ids.numel())
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            log.write(json.dumps({"step": step, "eval": quick_eval(model, tokenizer, seed=10_000 + cfg.seed)}) + "\n")
+            log.flush()
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            _save_checkpoint(run, model, opt, step, time.time() - start)
+    return run / "checkpoint"
+
+
+def export(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write the Hugging Face model folder (config, safetensors, tokenizer, ``overflow.json``) from a run's checkpoint."""
+    from transformers import AutoTokenizer
+
+    run = Path(run_dir)
+    cfg = TrainConfig(**json.loads((run / "config.json").read_text()))
+    tokenizer = AutoTokenizer.from_pretrained(str(run / "tokenizer"))
+    model = build_model(cfg, tokenizer)
+    load_model(model, str(run / "checkpoint" / "model.safetensors"))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    template = build_template(tokenizer)
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    settings = {
+        "chunk_tokens": cfg.chunk_tokens,
+        "not_found": DEFAULT_NOT_FOUND,
+        "template": template.to_dict(),
+        "stop": ["<|end|>"],
+        "max_new_tokens": 24,
+        "trained": {"steps": state["step"], "wall_time_s": round(state["elapsed_s"]), "seed": cfg.seed},
+    }
+    (out / "overflow.json").write_text(json.dumps(settings, indent=2) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train the bundled Overflow model (CPU, resumable).")
+    parser.add_argument("--run", default="runs/default", help="run folder: tokenizer, checkpoints, log")
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--threads", type=int, default=TrainConfig.threads)
+    parser.add_argument("--export", metavar="DIR", help="export the run's checkpoint as a model folder and exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    if args.export:
+        print(export(args.run, args.export))
+        return
+    cfg = TrainConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size, threads=args.threads)
+    train(args.run, cfg)
+
+
+if __name__ == "__main__":
+    main()
