@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 __all__ = [
-    "OverflowError_",
     "ConfigError",
-    "InputError",
-    "ModelLoadError",
-    "UnsupportedModelError",
+    "IndexCorruptError",
     "IndexError_",
     "IndexMismatchError",
-    "IndexCorruptError",
+    "InputError",
+    "ModelLoadError",
+    "OverflowError_",
+    "UnsupportedModelError",
 ]
 
 

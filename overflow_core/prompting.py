@@ -20,8 +20,8 @@ from overflow_core.errors import ConfigError, InputError
 __all__ = [
     "DEFAULT_INSTRUCTION",
     "DEFAULT_NOT_FOUND",
-    "PromptTemplate",
     "PromptIds",
+    "PromptTemplate",
     "build_template",
     "encode_template",
     "not_found_token_ids",
@@ -52,6 +52,14 @@ class PromptTemplate:
     def render(self, chunk: str, question: str) -> str:
         """The prompt as one string (for display and for the vanilla baseline's readers)."""
         return f"{self.prefix}{chunk}{self.infix}{question}{self.suffix}"
+
+    def parse(self, prompt: str) -> tuple[str, str] | None:
+        """``(chunk, question)`` if ``prompt`` is this template filled in, else None (the inverse of :meth:`render`)."""
+        if not (prompt.startswith(self.prefix) and prompt.endswith(self.suffix)) or not self.infix:
+            return None
+        body = prompt[len(self.prefix) : len(prompt) - len(self.suffix)]
+        chunk, sep, question = body.rpartition(self.infix)
+        return (chunk, question) if sep else None
 
     def to_dict(self) -> dict[str, str]:
         return {"prefix": self.prefix, "infix": self.infix, "suffix": self.suffix}
@@ -137,7 +145,9 @@ def encode_template(tokenizer: Any, template: PromptTemplate) -> PromptIds:
     bos_id = getattr(tokenizer, "bos_token_id", None)
     if bos_id is not None and probe and probe[0] == bos_id and (not prefix or prefix[0] != bos_id):
         prefix = (int(bos_id), *prefix)
-    return PromptIds(prefix=prefix, infix=_encode(tokenizer, template.infix), suffix=_encode(tokenizer, template.suffix))
+    return PromptIds(
+        prefix=prefix, infix=_encode(tokenizer, template.infix), suffix=_encode(tokenizer, template.suffix)
+    )
 
 
 def not_found_token_ids(tokenizer: Any, not_found: str) -> frozenset[int]:

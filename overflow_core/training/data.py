@@ -20,37 +20,254 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Fact", "Question", "Sample", "Curriculum", "FactWorld", "Split"]
+__all__ = ["Curriculum", "Fact", "FactWorld", "Question", "Sample", "Split"]
 
 Split = Literal["train", "heldout"]
 
-FIRST = (
-    "Alice Aaron Bella Boris Carla Cyrus Daria Dmitri Elena Elias Fatima Felix Greta Gustav Hana Hugo Irene Ivan Julia "
-    "Jonas Kira Kofi Laura Lucas Maya Milo Nadia Nikolai Olga Omar Paula Pedro Quinn Rosa Rafael Sara Samuel Tara Tomas "
-    "Uma Victor Vera Walter Wendy Xavier Yara Yusuf Zoe Zane Amara Bruno Clara Dario Esther Farid Gloria Henrik Ines Jakob"
-).split()
-LAST = (
-    "Adler Baker Castro Dalton Ellis Fischer Garcia Hansen Ibrahim Jensen Keller Larsen Moreau Novak Okafor Petrov Quinlan "
-    "Romero Schmidt Tanaka Ueda Varga Weber Xu Yilmaz Zimmer Alvarez Brennan Costa Duval Eriksen Fontaine Gallo Horvat "
-    "Ivanova Jovanovic Kowalski Lindqvist Mendez Nakamura Olsen Pereira Rossi Sato Torres Ulrich Vidal Wagner Young Zhou"
-).split()
-WORDS = (
-    "falcon harbor cedar orbit maple summit ember delta aurora beacon canyon glacier lantern meadow nimbus onyx prism quartz "
-    "raven sierra tundra velvet willow zephyr atlas comet dune fjord granite horizon iris jasper kestrel lotus mosaic nova "
-    "opal pioneer quill river saffron thistle umber vortex"
-).split()
-CITIES = (
-    "Lisbon Oslo Nairobi Lima Kyoto Dublin Porto Tunis Quito Hanoi Riga Sofia Zagreb Accra Bergen Cusco Dakar Izmir Malmo "
-    "Perth Turin Vilnius Zurich Austin Boston Denver Leeds Lyon Munich Osaka Seville Tallinn"
-).split()
-COLOURS = "red blue green yellow purple orange black white silver golden teal maroon crimson navy beige violet".split()
-FRUITS = "apple mango cherry banana plum peach lemon melon grape kiwi papaya apricot".split()
-JOBS = "teacher pilot baker nurse farmer lawyer painter chemist plumber librarian architect sailor".split()
-HOBBIES = "chess rowing pottery fencing sailing knitting archery cycling climbing juggling".split()
-INSTRUMENTS = "violin cello piano flute trumpet harp drums guitar oboe banjo".split()
-ANIMALS = "otter badger heron lynx panda walrus gecko falcon bison koala".split()
-MONTHS = "January February March April May June July August September October November December".split()
-WEEKDAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+FIRST = [
+    "Alice",
+    "Aaron",
+    "Bella",
+    "Boris",
+    "Carla",
+    "Cyrus",
+    "Daria",
+    "Dmitri",
+    "Elena",
+    "Elias",
+    "Fatima",
+    "Felix",
+    "Greta",
+    "Gustav",
+    "Hana",
+    "Hugo",
+    "Irene",
+    "Ivan",
+    "Julia",
+    "Jonas",
+    "Kira",
+    "Kofi",
+    "Laura",
+    "Lucas",
+    "Maya",
+    "Milo",
+    "Nadia",
+    "Nikolai",
+    "Olga",
+    "Omar",
+    "Paula",
+    "Pedro",
+    "Quinn",
+    "Rosa",
+    "Rafael",
+    "Sara",
+    "Samuel",
+    "Tara",
+    "Tomas",
+    "Uma",
+    "Victor",
+    "Vera",
+    "Walter",
+    "Wendy",
+    "Xavier",
+    "Yara",
+    "Yusuf",
+    "Zoe",
+    "Zane",
+    "Amara",
+    "Bruno",
+    "Clara",
+    "Dario",
+    "Esther",
+    "Farid",
+    "Gloria",
+    "Henrik",
+    "Ines",
+    "Jakob",
+]
+LAST = [
+    "Adler",
+    "Baker",
+    "Castro",
+    "Dalton",
+    "Ellis",
+    "Fischer",
+    "Garcia",
+    "Hansen",
+    "Ibrahim",
+    "Jensen",
+    "Keller",
+    "Larsen",
+    "Moreau",
+    "Novak",
+    "Okafor",
+    "Petrov",
+    "Quinlan",
+    "Romero",
+    "Schmidt",
+    "Tanaka",
+    "Ueda",
+    "Varga",
+    "Weber",
+    "Xu",
+    "Yilmaz",
+    "Zimmer",
+    "Alvarez",
+    "Brennan",
+    "Costa",
+    "Duval",
+    "Eriksen",
+    "Fontaine",
+    "Gallo",
+    "Horvat",
+    "Ivanova",
+    "Jovanovic",
+    "Kowalski",
+    "Lindqvist",
+    "Mendez",
+    "Nakamura",
+    "Olsen",
+    "Pereira",
+    "Rossi",
+    "Sato",
+    "Torres",
+    "Ulrich",
+    "Vidal",
+    "Wagner",
+    "Young",
+    "Zhou",
+]
+WORDS = [
+    "falcon",
+    "harbor",
+    "cedar",
+    "orbit",
+    "maple",
+    "summit",
+    "ember",
+    "delta",
+    "aurora",
+    "beacon",
+    "canyon",
+    "glacier",
+    "lantern",
+    "meadow",
+    "nimbus",
+    "onyx",
+    "prism",
+    "quartz",
+    "raven",
+    "sierra",
+    "tundra",
+    "velvet",
+    "willow",
+    "zephyr",
+    "atlas",
+    "comet",
+    "dune",
+    "fjord",
+    "granite",
+    "horizon",
+    "iris",
+    "jasper",
+    "kestrel",
+    "lotus",
+    "mosaic",
+    "nova",
+    "opal",
+    "pioneer",
+    "quill",
+    "river",
+    "saffron",
+    "thistle",
+    "umber",
+    "vortex",
+]
+CITIES = [
+    "Lisbon",
+    "Oslo",
+    "Nairobi",
+    "Lima",
+    "Kyoto",
+    "Dublin",
+    "Porto",
+    "Tunis",
+    "Quito",
+    "Hanoi",
+    "Riga",
+    "Sofia",
+    "Zagreb",
+    "Accra",
+    "Bergen",
+    "Cusco",
+    "Dakar",
+    "Izmir",
+    "Malmo",
+    "Perth",
+    "Turin",
+    "Vilnius",
+    "Zurich",
+    "Austin",
+    "Boston",
+    "Denver",
+    "Leeds",
+    "Lyon",
+    "Munich",
+    "Osaka",
+    "Seville",
+    "Tallinn",
+]
+COLOURS = [
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "purple",
+    "orange",
+    "black",
+    "white",
+    "silver",
+    "golden",
+    "teal",
+    "maroon",
+    "crimson",
+    "navy",
+    "beige",
+    "violet",
+]
+FRUITS = ["apple", "mango", "cherry", "banana", "plum", "peach", "lemon", "melon", "grape", "kiwi", "papaya", "apricot"]
+JOBS = [
+    "teacher",
+    "pilot",
+    "baker",
+    "nurse",
+    "farmer",
+    "lawyer",
+    "painter",
+    "chemist",
+    "plumber",
+    "librarian",
+    "architect",
+    "sailor",
+]
+HOBBIES = ["chess", "rowing", "pottery", "fencing", "sailing", "knitting", "archery", "cycling", "climbing", "juggling"]
+INSTRUMENTS = ["violin", "cello", "piano", "flute", "trumpet", "harp", "drums", "guitar", "oboe", "banjo"]
+ANIMALS = ["otter", "badger", "heron", "lynx", "panda", "walrus", "gecko", "falcon", "bison", "koala"]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
 
 def _digits(rng: random.Random, lo: int, hi: int) -> str:
@@ -161,43 +378,46 @@ HELDOUT_QUESTIONS = (
 
 
 def _filler_grammar(r: random.Random) -> str:
-    adj = r.choice("quiet busy old bright narrow distant small heavy modern rusty".split())
-    noun = r.choice("train market bridge garden tower engine library river factory harbor".split())
-    verb = r.choice("passed near stood beside faced overlooked blocked joined".split())
+    adj = r.choice(["quiet", "busy", "old", "bright", "narrow", "distant", "small", "heavy", "modern", "rusty"])
+    noun = r.choice(["train", "market", "bridge", "garden", "tower", "engine", "library", "river", "factory", "harbor"])
+    verb = r.choice(["passed", "near", "stood", "beside", "faced", "overlooked", "blocked", "joined"])
     obj = r.choice(["the square", "the station", "the forest", "the hill", "the old road", "the canal"])
     return f"The {adj} {noun} {verb} {obj}."
 
 
 def _filler_news(r: random.Random) -> str:
     org = r.choice(["city council", "museum", "school board", "weather office", "rail company", "library"])
-    thing = r.choice("schedule policy exhibit program budget route".split())
+    thing = r.choice(["schedule", "policy", "exhibit", "program", "budget", "route"])
     return f"On {r.choice(WEEKDAYS)}, the {org} announced a new {thing}."
 
 
 def _filler_log(r: random.Random) -> str:
-    system = r.choice("backup scheduler gateway printer sensor uplink".split())
+    system = r.choice(["backup", "scheduler", "gateway", "printer", "sensor", "uplink"])
     status = r.choice(["completed", "restarted", "failed over", "went idle", "reported normal load", "synced"])
     return f"[{r.randint(0, 23):02d}:{r.randint(0, 59):02d}] The {system} {status}."
 
 
 def _filler_story(r: random.Random) -> str:
-    place = r.choice("bakery park station harbor museum office garden".split())
-    act = r.choice("bought a newspaper|met a friend|lost an umbrella|read a book|fed the birds|took a photo".split("|"))
+    place = r.choice(["bakery", "park", "station", "harbor", "museum", "office", "garden"])
+    act = r.choice(
+        ["bought a newspaper", "met a friend", "lost an umbrella", "read a book", "fed the birds", "took a photo"]
+    )
     return f"{r.choice(FIRST)} went to the {place} and {act}."
 
 
 def _filler_weather(r: random.Random) -> str:
-    sky = r.choice("cloudy|sunny|windy|foggy|rainy|cold|warm".split("|"))
-    return f"The morning was {sky}, and the {r.choice(['streets', 'fields', 'roads', 'hills'])} stayed {r.choice(['empty', 'wet', 'calm', 'busy'])}."
+    sky = r.choice(["cloudy", "sunny", "windy", "foggy", "rainy", "cold", "warm"])
+    where = r.choice(["streets", "fields", "roads", "hills"])
+    return f"The morning was {sky}, and the {where} stayed {r.choice(['empty', 'wet', 'calm', 'busy'])}."
 
 
 def _filler_recipe(r: random.Random) -> str:  # held out
-    food = r.choice("flour rice sugar butter oats beans".split())
+    food = r.choice(["flour", "rice", "sugar", "butter", "oats", "beans"])
     return f"Add {r.choice(['one', 'two', 'three'])} cups of {food} and stir for {r.randint(2, 15)} minutes."
 
 
 def _filler_manual(r: random.Random) -> str:  # held out
-    part = r.choice("valve|switch|panel|cable|filter".split("|"))
+    part = r.choice(["valve", "switch", "panel", "cable", "filter"])
     return f"Before use, check that the {part} is {r.choice(['clean', 'secure', 'dry', 'closed'])} and press the reset button."
 
 
@@ -254,13 +474,25 @@ class Curriculum:
         p = min(max(progress, 0.0), 1.0)
         if p < 0.12:
             return cls(
-                max_facts=2, min_chars=0, max_chars=250, empty_rate=0.0, absent_rate=0.2,
-                hard_negative_rate=0.2, distractor_rate=0.1, questions=4,
+                max_facts=2,
+                min_chars=0,
+                max_chars=250,
+                empty_rate=0.0,
+                absent_rate=0.2,
+                hard_negative_rate=0.2,
+                distractor_rate=0.1,
+                questions=4,
             )
         if p < 0.3:
             return cls(
-                max_facts=4, min_chars=50, max_chars=550, empty_rate=0.05, absent_rate=0.3,
-                hard_negative_rate=0.4, distractor_rate=0.3, questions=5,
+                max_facts=4,
+                min_chars=50,
+                max_chars=550,
+                empty_rate=0.05,
+                absent_rate=0.3,
+                hard_negative_rate=0.4,
+                distractor_rate=0.3,
+                questions=5,
             )
         ramp = (p - 0.3) / 0.7
         return cls(
@@ -334,7 +566,9 @@ class FactWorld:
         while len(out) < n:
             if out and r.random() < distractor_rate:
                 base = r.choice(out)
-                key, attr = (self.similar_key(r, base.key), base.attr) if r.random() < 0.6 else (base.key, r.choice(attrs))
+                key, attr = (
+                    (self.similar_key(r, base.key), base.attr) if r.random() < 0.6 else (base.key, r.choice(attrs))
+                )
             else:
                 key, attr = self.key(r), r.choice(attrs)
             if (key, attr) in used:
@@ -349,7 +583,9 @@ class FactWorld:
         for _ in range(50):
             if facts and r.random() < hard_rate:
                 base = r.choice(facts)
-                key, attr = (base.key, r.choice(attrs)) if r.random() < 0.5 else (self.similar_key(r, base.key), base.attr)
+                key, attr = (
+                    (base.key, r.choice(attrs)) if r.random() < 0.5 else (self.similar_key(r, base.key), base.attr)
+                )
             else:
                 key, attr = self.key(r), r.choice(attrs)
             if (key, attr) not in present:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from overflow_core.training.data import Curriculum, FactWorld
 
-__all__ = ["SPECIAL_TOKENS", "CHAT_TEMPLATE", "train_tokenizer"]
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "train_tokenizer"]
 
 PAD, END, USER, ASSISTANT = "<|pad|>", "<|end|>", "<|user|>", "<|assistant|>"
 SPECIAL_TOKENS = [PAD, END, USER, ASSISTANT]
@@ -29,7 +29,7 @@ def _corpus(n: int, seed: int) -> Iterator[str]:
         sample = world.sample(rng, Curriculum.at(i / n))
         yield sample.context
         for q in sample.questions:
-            yield f"Question: {q.text}\nIf the document does not say, answer \"not found\".\n{q.answer}"
+            yield f'Question: {q.text}\nIf the document does not say, answer "not found".\n{q.answer}'
         yield "Read the document and answer the question.\n<doc>\n</doc>\nInstruction: Answer:"
 
 

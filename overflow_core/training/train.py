@@ -33,7 +33,7 @@ from overflow_core.training.tokenizer import train_tokenizer
 
 logger = logging.getLogger("overflow_core.training")
 
-__all__ = ["TrainConfig", "encode_sample", "train", "export"]
+__all__ = ["TrainConfig", "encode_sample", "export", "train"]
 
 
 @dataclass(frozen=True)
@@ -108,9 +108,9 @@ def encode_sample(tokenizer: Any, sample: Sample, max_context: int) -> tuple[lis
     return ids, weights
 
 
-def _batch(tokenizer: Any, world: FactWorld, rng: random.Random, cfg: TrainConfig, progress: float) -> tuple[
-    torch.Tensor, torch.Tensor
-]:
+def _batch(
+    tokenizer: Any, world: FactWorld, rng: random.Random, cfg: TrainConfig, progress: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     curriculum = Curriculum.at(progress)
     rows: list[tuple[list[int], list[float]]] = []
     while len(rows) < cfg.batch_size:
@@ -127,11 +127,15 @@ def _batch(tokenizer: Any, world: FactWorld, rng: random.Random, cfg: TrainConfi
     return ids, weights
 
 
-def weighted_loss(logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, context_weight: float) -> torch.Tensor:
+def weighted_loss(
+    logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, context_weight: float
+) -> torch.Tensor:
     """Cross-entropy of logits ``[B, T, V]`` predicting ``ids[:, 1:]``, weighted per target token (``weights [B, T]``)."""
     w = weights[:, 1:].clone()
     w[(w > 0) & (w < 1)] = context_weight
-    losses = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+    losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none"
+    )
     return (losses * w.flatten()).sum() / w.sum().clamp_min(1.0)
 
 
@@ -249,7 +253,11 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> Path:
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        record: dict[str, Any] = {"step": step, "loss": round(float(loss.detach()), 4), "s": round(time.time() - start, 1)}
+        record: dict[str, Any] = {
+            "step": step,
+            "loss": round(float(loss.detach()), 4),
+            "s": round(time.time() - start, 1),
+        }
         if step % 10 == 0:
             record["tokens"] = int(ids.numel())
             log.write(json.dumps(record) + "\n")

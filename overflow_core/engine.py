@@ -1,0 +1,570 @@
+"""The OPRM engine: orchestration only. Chunk, prompt, prefill, score, select, decode; each step lives in its own module.
+
+The engine holds the model, the tokenizer, the derived prompt and a bounded cache of recent states; nothing about a call
+is stored on the model, so one engine serves concurrent calls from several threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from overflow_core import scoring
+from overflow_core.backends import resolve_backend
+from overflow_core.backends.base import Backend, State
+from overflow_core.chunking import chunk_documents, encode_text
+from overflow_core.config import OPRMConfig, load_settings
+from overflow_core.decode import Generation, stop_token_ids
+from overflow_core.errors import ConfigError, InputError, ModelLoadError, UnsupportedModelError
+from overflow_core.prefill import prefill
+from overflow_core.prompting import PromptTemplate, build_template, encode_template, not_found_token_ids
+from overflow_core.state_cache import StateCache
+from overflow_core.types import Answer, Chunk, ChunkScore, Document, Ranking, Timings, Usage, as_documents
+
+__all__ = ["DEFAULT_MODEL_DIR", "OPRM", "Mode"]
+
+logger = logging.getLogger("overflow_core")
+DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
+Mode = Literal["oprm", "vanilla", "summarize"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+Progress = Callable[[int, int], None]  # (tokens done, tokens total)
+
+
+@dataclass
+class _Scored:
+    """What scoring a question over chunks produced: the ranking and the kept states (chunk index -> state, logits)."""
+
+    ranking: Ranking
+    kept: dict[int, tuple[State, torch.Tensor]] = field(default_factory=dict)
+    prompts: dict[int, list[int]] = field(default_factory=dict)
+
+
+class OPRM:
+    """Overflow prevention for a recurrent LM: answer from the one chunk the model is surest about.
+
+    Example:
+        >>> from overflow_core import OPRM
+        >>> oprm = OPRM.from_pretrained()  # the bundled model
+        >>> oprm.answer("What is the locker number of Alice Baker?", ["... Alice Baker's locker number is 4412. ..."])
+        Answer(text='4412', not_found=False, mode='oprm', chunk=ChunkScore(rank=0, ...))
+    """
+
+    def __init__(
+        self, model: Any, tokenizer: Any, config: OPRMConfig | None = None, *, name: str | None = None
+    ) -> None:
+        self.config = config or OPRMConfig()
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.backend: Backend = resolve_backend(model)
+        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.template: PromptTemplate = self.config.template or build_template(
+            tokenizer, instruction=self.config.instruction, not_found=self.config.not_found
+        )
+        self.prompt_ids = encode_template(tokenizer, self.template)
+        self.idk_ids = not_found_token_ids(tokenizer, self.config.not_found)
+        self.stop_ids = stop_token_ids(tokenizer, self.config.stop)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad) if pad is not None else 0
+        self.state_cache = StateCache(self.config.state_cache_bytes)
+        self.device = torch.device(self.config.device)
+
+    # -- construction ---------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path | None = None,
+        *,
+        device: str = "cpu",
+        dtype: str | None = None,
+        **settings: Any,
+    ) -> OPRM:
+        """Load a model folder (the bundled model when ``path`` is None), offline.
+
+        Settings come from, in increasing priority: :class:`OPRMConfig` defaults, the folder's ``overflow.json``, and the
+        keyword arguments given here (``chunk_tokens=...``, ``max_batch_tokens=...``, ...).
+        """
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        folder = Path(path) if path is not None else DEFAULT_MODEL_DIR
+        if not folder.is_dir():
+            hint = " (the bundled model is missing from this installation)" if path is None else ""
+            raise ModelLoadError(f"model path: expected a model folder, {str(folder)!r} does not exist{hint}")
+        if not (folder / "config.json").exists():
+            raise ModelLoadError(f"model path {str(folder)!r}: expected a Hugging Face model folder with config.json")
+        config = cls._config(settings={**load_settings(folder), **settings}, device=device, dtype=dtype)
+        try:
+            hf_config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        except Exception as exc:  # transformers raises several types for a bad config
+            raise ModelLoadError(f"model path {str(folder)!r}: could not read config.json ({exc})") from exc
+        from overflow_core.backends import SUPPORTED
+
+        if getattr(hf_config, "model_type", None) not in SUPPORTED:
+            raise UnsupportedModelError(
+                f"model at {str(folder)!r}: model_type {getattr(hf_config, 'model_type', None)!r} is not supported; "
+                f"expected one of {', '.join(sorted(SUPPORTED))}"
+            )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(folder), local_files_only=True, dtype=_DTYPES[config.dtype]
+            ).to(device)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"model path {str(folder)!r}: could not load the weights or tokenizer ({exc})"
+            ) from exc
+        return cls(model, tokenizer, config, name=folder.name if path is not None else "overflow-default")
+
+    @staticmethod
+    def _config(settings: Mapping[str, Any], device: str, dtype: str | None) -> OPRMConfig:
+        try:
+            return OPRMConfig().with_overrides(**settings, device=device, dtype=dtype)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    # -- building blocks ------------------------------------------------------------------------------------------------
+    def chunk(self, documents: Any) -> list[Chunk]:
+        """Cut ``documents`` (strings, ``(text, metadata)`` pairs, dicts or :class:`Document`) into chunks."""
+        return chunk_documents(
+            self.tokenizer,
+            as_documents(documents),
+            chunk_tokens=self.config.chunk_tokens,
+            overlap_tokens=self.config.overlap_tokens,
+        )
+
+    def encode_question(self, question: str) -> tuple[int, ...]:
+        """The question's ids, after checking it is usable."""
+        if not isinstance(question, str) or not question.strip():
+            raise InputError(f"question: expected a non-empty string, got {question!r}")
+        ids = encode_text(self.tokenizer, question.strip())
+        if len(ids) > self.config.chunk_tokens:
+            raise InputError(
+                f"question: expected at most chunk_tokens={self.config.chunk_tokens} tokens, got {len(ids)}; "
+                "shorten the question or raise chunk_tokens"
+            )
+        return ids
+
+    def prompt(self, chunk_ids: Sequence[int], question_ids: Sequence[int]) -> list[int]:
+        """``prefix + chunk + infix + question + suffix`` as ids."""
+        p = self.prompt_ids
+        return [*p.prefix, *chunk_ids, *p.infix, *question_ids, *p.suffix]
+
+    def context_prompt(self, chunk_ids: Sequence[int]) -> list[int]:
+        """``prefix + chunk + infix``: the question-independent part of a prompt (what the state index stores)."""
+        return [*self.prompt_ids.prefix, *chunk_ids, *self.prompt_ids.infix]
+
+    def user_message(self, chunk_text: str, question: str) -> str:
+        """The prompt for ``chunk_text`` and ``question`` as one string (what a chat model adapter receives)."""
+        return self.template.render(chunk_text, question.strip())
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Ids of a prompt string. A string that is this engine's template filled in is encoded part by part, exactly as
+        the engine encodes it, so its state can come from the state cache; anything else is encoded whole."""
+        parsed = self.template.parse(prompt)
+        if parsed is not None:
+            chunk, question = parsed
+            return self.prompt(encode_text(self.tokenizer, chunk), encode_text(self.tokenizer, question))
+        ids = list(encode_text(self.tokenizer, prompt))
+        bos = self.prompt_ids.prefix[:1]
+        if bos and bos[0] == getattr(self.tokenizer, "bos_token_id", None):
+            ids = [bos[0], *ids]
+        return ids
+
+    def encode_messages(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """Ids for chat ``messages`` (``{"role", "content"}``), ready for generation.
+
+        A single user message whose content is :meth:`user_message` output maps to exactly the engine's prompt ids.
+        """
+        if not messages:
+            raise InputError("messages: expected at least one message, got none")
+        if len(messages) == 1 and messages[0].get("role") == "user" and self.template.parse(messages[0]["content"]):
+            return self.encode_prompt(messages[0]["content"])
+        if getattr(self.tokenizer, "chat_template", None):
+            rendered = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+            return self.encode_prompt(str(rendered))
+        text = "\n\n".join(f"{m['content']}" for m in messages)
+        return self.encode_prompt(text)
+
+    # -- scoring --------------------------------------------------------------------------------------------------------
+    def _score(
+        self,
+        question: str,
+        chunks: Sequence[Chunk],
+        *,
+        keep: int,
+        progress: Progress | None = None,
+        on_batch: Callable[[list[int], torch.Tensor, State], None] | None = None,
+    ) -> _Scored:
+        """Prefill every chunk's prompt, score it, and keep the states of the ``keep`` best rows."""
+        if not chunks:
+            raise InputError("documents: expected at least one non-empty chunk, got none")
+        q_ids = self.encode_question(question)
+        prompts = [self.prompt(c.ids, q_ids) for c in chunks]
+        total = sum(len(p) for p in prompts)
+        n = len(chunks)
+        entropies = torch.zeros(n)
+        probs = torch.zeros(n)
+        idk = torch.zeros(n, dtype=torch.bool)
+        kept: dict[int, tuple[State, torch.Tensor]] = {}
+        t_prefill = t_select = 0.0
+        padded = done = 0
+        t0 = time.perf_counter()
+        for batch in prefill(
+            self.backend, prompts, max_batch_tokens=self.config.max_batch_tokens, pad_id=self.pad_id, device=self.device
+        ):
+            t1 = time.perf_counter()
+            t_prefill += t1 - t0
+            rows = torch.as_tensor(batch.rows)
+            entropies[rows] = scoring.entropy(batch.logits).cpu()
+            probs[rows] = scoring.top_prob(batch.logits).cpu()
+            idk[rows] = scoring.idk_flags(batch.logits, self.idk_ids).cpu()
+            padded += batch.padded_tokens
+            if on_batch is not None:
+                on_batch(batch.rows, batch.logits, batch.state)
+            if keep > 0:
+                kept = self._keep_best(kept, batch.rows, batch.logits, batch.state, entropies, probs, idk, keep)
+            done += sum(len(prompts[i]) for i in batch.rows)
+            if progress is not None:
+                progress(done, total)
+            t0 = time.perf_counter()
+            t_select += t0 - t1
+        t1 = time.perf_counter()
+        order = scoring.rank_order(
+            entropies, probs, idk, criterion=self.config.criterion, idk_filter=self.config.idk_filter
+        )
+        scores = tuple(
+            ChunkScore(chunk=chunks[i], rank=r, entropy=float(entropies[i]), top_prob=float(probs[i]), idk=bool(idk[i]))
+            for r, i in enumerate(order)
+        )
+        t_select += time.perf_counter() - t1
+        for i, (state, logits) in kept.items():
+            self.state_cache.put(prompts[i], state, logits)
+        ranking = Ranking(
+            question=question,
+            scores=scores,
+            timings=Timings(prefill_s=t_prefill, select_s=t_select),
+            usage=Usage(prompt_tokens=total, padded_tokens=padded),
+        )
+        return _Scored(ranking=ranking, kept=kept, prompts={i: prompts[i] for i in kept})
+
+    def _keep_best(
+        self,
+        kept: dict[int, tuple[State, torch.Tensor]],
+        rows: list[int],
+        logits: torch.Tensor,
+        state: State,
+        entropies: torch.Tensor,
+        probs: torch.Tensor,
+        idk: torch.Tensor,
+        keep: int,
+    ) -> dict[int, tuple[State, torch.Tensor]]:
+        """Running top-``keep`` over the rows seen so far: select the batch rows that enter it, drop those pushed out."""
+        candidates = sorted({*kept, *rows})  # index order, so ties break exactly as in the final ranking
+        sub = torch.as_tensor(candidates)
+        order = scoring.rank_order(
+            entropies[sub], probs[sub], idk[sub], criterion=self.config.criterion, idk_filter=self.config.idk_filter
+        )
+        best = [candidates[j] for j in order[:keep]]
+        new_rows = [i for i in best if i not in kept]
+        out = {i: kept[i] for i in best if i in kept}
+        if new_rows:
+            positions = [rows.index(i) for i in new_rows]
+            selected = self.backend.select(state, positions)
+            for j, i in enumerate(new_rows):
+                out[i] = (self.backend.select(selected, [j]), logits[positions[j] : positions[j] + 1].clone())
+        return out
+
+    # -- public API -----------------------------------------------------------------------------------------------------
+    def rank(self, question: str, documents: Any, k: int | None = None, *, progress: Progress | None = None) -> Ranking:
+        """Score every chunk of ``documents`` for ``question``; best first, cut to ``k`` when given (the retriever mode).
+
+        The states of the top ``k`` chunks (after their full prompt) go to the state cache, so a chat model asked to
+        continue one of those prompts next decodes without prefilling it again.
+        """
+        if k is not None and k < 1:
+            raise ConfigError(f"k: expected a positive number of chunks, got {k}")
+        chunks = self.chunk(documents)
+        scored = self._score(question, chunks, keep=min(k or 1, len(chunks)), progress=progress)
+        ranking = scored.ranking
+        if k is not None:
+            ranking = Ranking(ranking.question, ranking.scores[:k], ranking.timings, ranking.usage)
+        return ranking
+
+    def answer(
+        self,
+        question: str,
+        documents: Any,
+        *,
+        mode: Mode = "oprm",
+        k: int | None = None,
+        progress: Progress | None = None,
+        seed: int | None = None,
+        **decoding: Any,
+    ) -> Answer:
+        """Answer ``question`` from ``documents``.
+
+        Args:
+            mode: ``"oprm"`` (decode from the best chunk), ``"summarize"`` (decode from every answering chunk, or the
+                top ``k``, and join the outputs in document order) or ``"vanilla"`` (the whole context as one sequence).
+            seed: seeds sampling when ``temperature > 0``.
+            decoding: ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``, ``stop`` for this call.
+        """
+        pieces = self._run(question, documents, mode=mode, k=k, progress=progress, seed=seed, decoding=decoding)
+        for _ in pieces:
+            pass
+        return pieces.result
+
+    def stream(
+        self,
+        question: str,
+        documents: Any,
+        *,
+        mode: Mode = "oprm",
+        k: int | None = None,
+        seed: int | None = None,
+        **decoding: Any,
+    ) -> Iterator[str]:
+        """Like :meth:`answer`, yielding the answer's text piece by piece as it is decoded."""
+        yield from self._run(question, documents, mode=mode, k=k, progress=None, seed=seed, decoding=decoding)
+
+    def stream_answer(
+        self,
+        question: str,
+        documents: Any,
+        *,
+        mode: Mode = "oprm",
+        k: int | None = None,
+        seed: int | None = None,
+        **decoding: Any,
+    ) -> _AnswerStream:
+        """An iterator of text pieces whose ``result`` is the full :class:`Answer` once it is exhausted."""
+        return self._run(question, documents, mode=mode, k=k, progress=None, seed=seed, decoding=decoding)
+
+    def _decoding(self, overrides: Mapping[str, Any]) -> OPRMConfig:
+        allowed = {"max_new_tokens", "temperature", "top_k", "top_p", "stop"}
+        unknown = set(overrides) - allowed
+        if unknown:
+            raise ConfigError(f"unknown decoding options {sorted(unknown)}; expected some of {sorted(allowed)}")
+        return self.config.with_overrides(**overrides)
+
+    def _generation(self, session: Any, logits: torch.Tensor, cfg: OPRMConfig, seed: int | None) -> Generation:
+        generator = None
+        if cfg.temperature > 0:
+            generator = torch.Generator()
+            generator.manual_seed(0 if seed is None else seed)
+        return Generation(
+            session,
+            logits,
+            tokenizer=self.tokenizer,
+            max_new_tokens=cfg.max_new_tokens,
+            stop=cfg.stop,
+            stop_ids=self.stop_ids | stop_token_ids(self.tokenizer, cfg.stop),
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            generator=generator,
+        )
+
+    def _run(
+        self,
+        question: str,
+        documents: Any,
+        *,
+        mode: str,
+        k: int | None,
+        progress: Progress | None,
+        seed: int | None,
+        decoding: Mapping[str, Any],
+    ) -> _AnswerStream:
+        if mode not in ("oprm", "vanilla", "summarize"):
+            raise ConfigError(f"mode: expected 'oprm', 'summarize' or 'vanilla', got {mode!r}")
+        if k is not None and k < 1:
+            raise ConfigError(f"k: expected a positive number of chunks, got {k}")
+        cfg = self._decoding(decoding)
+        docs = as_documents(documents)
+        chunks = self.chunk(docs)
+        q_ids = self.encode_question(question)
+        return _AnswerStream(self, question, docs, chunks, q_ids, mode, k, progress, seed, cfg)
+
+    def complete(self, prompt_ids: Sequence[int], *, seed: int | None = None, **decoding: Any) -> Generation:
+        """Continue ``prompt_ids``, reusing the longest cached prefix state (see :mod:`overflow_core.state_cache`).
+
+        The returned :class:`Generation` is an iterator of text pieces; ``forward_tokens`` and ``reused_tokens`` count
+        what was fed to the model and what came from the cache.
+        """
+        if not prompt_ids:
+            raise InputError("prompt: expected at least one token, got an empty prompt")
+        cfg = self._decoding(decoding)
+        cached = self.state_cache.longest_prefix(prompt_ids)
+        with torch.inference_mode():
+            if cached is None:
+                ids = torch.tensor([list(prompt_ids)], device=self.device)
+                logits, state = self.backend.prefill(ids, torch.ones_like(ids))
+                session = self.backend.open(state)
+                fed, reused = len(prompt_ids), 0
+            else:
+                session = self.backend.open(cached.state)
+                rest = list(prompt_ids[len(cached.ids) :])
+                logits = cached.logits
+                if rest:
+                    logits = session.feed(torch.tensor([rest], device=self.device))
+                fed, reused = len(rest), len(cached.ids)
+        generation = self._generation(session, logits, cfg, seed)
+        generation.prompt_forward_tokens = fed  # type: ignore[attr-defined]
+        generation.reused_tokens = reused  # type: ignore[attr-defined]
+        return generation
+
+    def vanilla_state(self, prompt: Sequence[int]) -> tuple[Any, torch.Tensor]:
+        """Run one long prompt as a single sequence in segments of ``max_batch_tokens``; returns (session, logits)."""
+        budget = self.config.max_batch_tokens
+        with torch.inference_mode():
+            first = torch.tensor([list(prompt[:budget])], device=self.device)
+            logits, state = self.backend.prefill(first, torch.ones_like(first))
+            session = self.backend.open(state)
+            for start in range(budget, len(prompt), budget):
+                logits = session.feed(torch.tensor([list(prompt[start : start + budget])], device=self.device))
+        return session, logits
+
+    def __repr__(self) -> str:
+        return f"OPRM(model={self.name!r}, backend={self.backend.name!r}, chunk_tokens={self.config.chunk_tokens})"
+
+
+class _AnswerStream:
+    """Iterates the answer's text pieces; ``result`` holds the :class:`Answer` once iteration is complete."""
+
+    def __init__(
+        self,
+        engine: OPRM,
+        question: str,
+        documents: list[Document],
+        chunks: list[Chunk],
+        q_ids: tuple[int, ...],
+        mode: str,
+        k: int | None,
+        progress: Progress | None,
+        seed: int | None,
+        cfg: OPRMConfig,
+    ) -> None:
+        self.engine, self.question, self.documents, self.chunks, self.q_ids = engine, question, documents, chunks, q_ids
+        self.mode, self.k, self.progress, self.seed, self.cfg = mode, k, progress, seed, cfg
+        self._result: Answer | None = None
+
+    @property
+    def result(self) -> Answer:
+        if self._result is None:
+            raise RuntimeError("the answer is complete only after the stream has been iterated to its end")
+        return self._result
+
+    def __iter__(self) -> Iterator[str]:
+        if self.mode == "vanilla":
+            yield from self._vanilla()
+        elif self.mode == "summarize":
+            yield from self._summarize()
+        else:
+            yield from self._oprm()
+
+    def _is_not_found(self, text: str) -> bool:
+        return text.strip().lower().startswith(self.engine.config.not_found.strip().lower())
+
+    def _not_found(self, ranking: Ranking | None, timings: Timings, usage: Usage) -> Answer:
+        return Answer(
+            text=self.engine.config.not_found,
+            not_found=True,
+            mode=self.mode,
+            chunk=None,
+            ranking=ranking,
+            timings=timings,
+            usage=usage,
+        )
+
+    def _oprm(self) -> Iterator[str]:
+        e = self.engine
+        scored = e._score(self.question, self.chunks, keep=1, progress=self.progress)
+        ranking = scored.ranking
+        best = ranking.best
+        if best is None:  # every chunk abstained: say so, do not guess
+            self._result = self._not_found(ranking, ranking.timings, ranking.usage)
+            yield self._result.text
+            return
+        state, logits = scored.kept[best.chunk.index]
+        t0 = time.perf_counter()
+        generation = e._generation(e.backend.open(state), logits, self.cfg, self.seed)
+        yield from generation
+        t_decode = time.perf_counter() - t0
+        timings = Timings(ranking.timings.prefill_s, ranking.timings.select_s, t_decode)
+        usage = Usage(
+            prompt_tokens=ranking.usage.prompt_tokens,
+            padded_tokens=ranking.usage.padded_tokens,
+            generated_tokens=len(generation.token_ids),
+        )
+        not_found = self._is_not_found(generation.text)
+        self._result = Answer(
+            text=generation.text.strip(),
+            not_found=not_found,
+            mode="oprm",
+            chunk=None if not_found else best,
+            ranking=ranking,
+            timings=timings,
+            usage=usage,
+        )
+
+    def _summarize(self) -> Iterator[str]:
+        e = self.engine
+        scored = e._score(self.question, self.chunks, keep=self.k or len(self.chunks), progress=self.progress)
+        ranking = scored.ranking
+        answering = [s for s in ranking.scores if not (s.idk and e.config.idk_filter)]
+        if self.k is not None:
+            answering = answering[: self.k]
+        parts: list[str] = []
+        generated = 0
+        t0 = time.perf_counter()
+        for score in sorted(answering, key=lambda s: s.chunk.index):
+            state, logits = scored.kept[score.chunk.index]
+            generation = e._generation(e.backend.open(state), logits, self.cfg, self.seed)
+            if parts:
+                yield "\n"
+            yield from generation
+            generated += len(generation.token_ids)
+            parts.append(generation.text.strip())
+        timings = Timings(ranking.timings.prefill_s, ranking.timings.select_s, time.perf_counter() - t0)
+        usage = Usage(ranking.usage.prompt_tokens, ranking.usage.padded_tokens, generated)
+        if not parts:
+            self._result = self._not_found(ranking, timings, usage)
+            yield self._result.text
+            return
+        self._result = Answer(
+            text="\n".join(parts),
+            not_found=False,
+            mode="summarize",
+            chunk=answering[0] if answering else None,
+            ranking=ranking,
+            timings=timings,
+            usage=usage,
+            parts=tuple(parts),
+        )
+
+    def _vanilla(self) -> Iterator[str]:
+        e = self.engine
+        context = "\n\n".join(doc.text.strip() for doc in self.documents)
+        prompt = e.prompt(encode_text(e.tokenizer, context), self.q_ids)
+        t0 = time.perf_counter()
+        session, logits = e.vanilla_state(prompt)
+        t1 = time.perf_counter()
+        generation = e._generation(session, logits, self.cfg, self.seed)
+        yield from generation
+        timings = Timings(prefill_s=t1 - t0, decode_s=time.perf_counter() - t1)
+        usage = Usage(prompt_tokens=len(prompt), padded_tokens=len(prompt), generated_tokens=len(generation.token_ids))
+        self._result = Answer(
+            text=generation.text.strip(),
+            not_found=self._is_not_found(generation.text),
+            mode="vanilla",
+            chunk=None,
+            ranking=None,
+            timings=timings,
+            usage=usage,
+        )

@@ -1,0 +1,44 @@
+"""The slow oracle: each chunk alone, unpadded, unbatched, and decoding by full recomputation without any cache.
+
+Nothing here uses a backend, a cache object, padding or batching, so it is the yardstick the fast path is tested against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from overflow_core.scoring import entropy, idk_flags
+
+__all__ = ["reference_greedy", "reference_last_logits", "reference_scores"]
+
+
+@torch.inference_mode()
+def reference_last_logits(model: Any, prompt: Sequence[int]) -> torch.Tensor:
+    """Next-token logits ``[V]`` after ``prompt``, from one plain forward over it."""
+    ids = torch.tensor([list(prompt)], dtype=torch.long, device=model.device)
+    return model(input_ids=ids, use_cache=False).logits[0, -1].float()
+
+
+def reference_scores(
+    model: Any, prompts: Sequence[Sequence[int]], idk_ids: frozenset[int]
+) -> tuple[list[float], list[bool]]:
+    """Entropy and IDK flag of every prompt, each run alone."""
+    logits = torch.stack([reference_last_logits(model, p) for p in prompts])
+    return [float(x) for x in entropy(logits)], [bool(x) for x in idk_flags(logits, idk_ids)]
+
+
+@torch.inference_mode()
+def reference_greedy(model: Any, prompt: Sequence[int], max_new_tokens: int, stop_ids: frozenset[int]) -> list[int]:
+    """Greedy continuation of ``prompt``, recomputing the whole sequence for every new token."""
+    ids = list(prompt)
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        token = int(reference_last_logits(model, ids).argmax())
+        if token in stop_ids:
+            break
+        out.append(token)
+        ids.append(token)
+    return out
