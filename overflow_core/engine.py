@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -430,6 +430,12 @@ class OPRM:
                 logits = session.feed(torch.tensor([list(prompt[start : start + budget])], device=self.device))
         return session, logits
 
+    def index(self, documents: Any, *, progress: bool = False) -> Any:
+        """Build a :class:`~overflow_core.index.StateIndex` over ``documents``: each chunk's state computed once."""
+        from overflow_core.index import StateIndex
+
+        return StateIndex.build(self, documents, progress=progress)
+
     def __repr__(self) -> str:
         return f"OPRM(model={self.name!r}, backend={self.backend.name!r}, chunk_tokens={self.config.chunk_tokens})"
 
@@ -468,6 +474,10 @@ class _AnswerStream:
         else:
             yield from self._oprm()
 
+    def _scored(self, keep: int) -> _Scored:
+        """Score the chunks for the question, keeping the ``keep`` best states (the state index overrides this)."""
+        return self.engine._score(self.question, self.chunks, keep=keep, progress=self.progress)
+
     def _is_not_found(self, text: str) -> bool:
         return text.strip().lower().startswith(self.engine.config.not_found.strip().lower())
 
@@ -484,7 +494,7 @@ class _AnswerStream:
 
     def _oprm(self) -> Iterator[str]:
         e = self.engine
-        scored = e._score(self.question, self.chunks, keep=1, progress=self.progress)
+        scored = self._scored(keep=1)
         ranking = scored.ranking
         best = ranking.best
         if best is None:  # every chunk abstained: say so, do not guess
@@ -497,11 +507,7 @@ class _AnswerStream:
         yield from generation
         t_decode = time.perf_counter() - t0
         timings = Timings(ranking.timings.prefill_s, ranking.timings.select_s, t_decode)
-        usage = Usage(
-            prompt_tokens=ranking.usage.prompt_tokens,
-            padded_tokens=ranking.usage.padded_tokens,
-            generated_tokens=len(generation.token_ids),
-        )
+        usage = replace(ranking.usage, generated_tokens=len(generation.token_ids))
         not_found = self._is_not_found(generation.text)
         self._result = Answer(
             text=generation.text.strip(),
@@ -515,7 +521,7 @@ class _AnswerStream:
 
     def _summarize(self) -> Iterator[str]:
         e = self.engine
-        scored = e._score(self.question, self.chunks, keep=self.k or len(self.chunks), progress=self.progress)
+        scored = self._scored(keep=self.k or len(self.chunks))
         ranking = scored.ranking
         answering = [s for s in ranking.scores if not (s.idk and e.config.idk_filter)]
         if self.k is not None:
@@ -532,7 +538,7 @@ class _AnswerStream:
             generated += len(generation.token_ids)
             parts.append(generation.text.strip())
         timings = Timings(ranking.timings.prefill_s, ranking.timings.select_s, time.perf_counter() - t0)
-        usage = Usage(ranking.usage.prompt_tokens, ranking.usage.padded_tokens, generated)
+        usage = replace(ranking.usage, generated_tokens=generated)
         if not parts:
             self._result = self._not_found(ranking, timings, usage)
             yield self._result.text

@@ -1,0 +1,90 @@
+"""Pure units with hand-made inputs: scoring, sampling, batching, padding, the state cache."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from overflow_core.backends.base import State
+from overflow_core.prefill import pad_left, plan_batches
+from overflow_core.sampling import sample_next
+from overflow_core.scoring import entropy, idk_flags, rank_order, top_prob
+from overflow_core.state_cache import StateCache
+
+
+def test_entropy_of_uniform_and_peaked_rows() -> None:
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0]])
+    h = entropy(logits)
+    assert h[0] == pytest.approx(math.log(4), abs=1e-6)
+    assert h[1] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_top_prob_and_idk_flags() -> None:
+    logits = torch.tensor([[0.0, 5.0, 0.0], [3.0, 0.0, 0.0]])
+    assert top_prob(logits)[1] == pytest.approx(math.exp(3) / (math.exp(3) + 2), abs=1e-6)
+    assert idk_flags(logits, {1}).tolist() == [True, False]
+
+
+def test_rank_order_puts_abstainers_last_and_breaks_ties_by_index() -> None:
+    ent = torch.tensor([0.5, 0.1, 0.5, 0.05])
+    probs = torch.tensor([0.5, 0.9, 0.5, 0.95])
+    idk = torch.tensor([False, False, False, True])
+    assert rank_order(ent, probs, idk, criterion="entropy", idk_filter=True) == [1, 0, 2, 3]
+    assert rank_order(ent, probs, idk, criterion="entropy", idk_filter=False) == [3, 1, 0, 2]
+    assert rank_order(ent, probs, idk, criterion="max_prob", idk_filter=True) == [1, 0, 2, 3]
+
+
+def test_greedy_sampling_is_argmax_and_seeded_sampling_is_reproducible() -> None:
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    assert sample_next(logits).tolist() == logits.argmax(-1).tolist()
+    a = sample_next(logits, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    b = sample_next(logits, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    assert a.tolist() == b.tolist()
+
+
+def test_top_k_and_top_p_restrict_the_support() -> None:
+    logits = torch.tensor([[5.0, 4.0, 0.0, -1.0]])
+    gen = torch.Generator().manual_seed(0)
+    draws = {int(sample_next(logits, temperature=5.0, top_k=2, generator=gen)) for _ in range(200)}
+    assert draws <= {0, 1}, "top_k=2 must never draw outside the two most likely tokens"
+    draws = {int(sample_next(logits, temperature=1.0, top_p=0.5, generator=gen)) for _ in range(200)}
+    assert draws == {0}, "top_p=0.5 keeps only the top token when it alone holds more than half the mass"
+
+
+def test_plan_batches_respects_the_budget_and_covers_every_row() -> None:
+    lengths = [10, 50, 20, 50, 5, 70]
+    batches = plan_batches(lengths, max_batch_tokens=100)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) * max(lengths[i] for i in b) <= 100
+    assert plan_batches([300], max_batch_tokens=100) == [[0]]  # an over-long row still runs, alone
+
+
+def test_pad_left() -> None:
+    ids, mask = pad_left([[1, 2, 3], [4]], pad_id=0)
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def _state(n: int) -> State:
+    return State(tensors={"0.ssm0": torch.zeros(1, n)}, lengths=torch.tensor([n]), backend="x")
+
+
+def test_state_cache_longest_prefix_and_byte_bound() -> None:
+    one = _state(4)
+    cache = StateCache(max_bytes=3 * (one.nbytes + 4 * 4))
+    logits = torch.zeros(1, 4)
+    cache.put([1, 2], _state(4), logits)
+    cache.put([1, 2, 3], _state(4), logits)
+    hit = cache.longest_prefix([1, 2, 3, 4])
+    assert hit is not None and hit.ids == (1, 2, 3)
+    assert cache.longest_prefix([2, 3]) is None
+    for i in range(10):
+        cache.put([9, i], _state(4), logits)
+    assert cache.nbytes <= cache.max_bytes
+    assert len(cache) == 3
+    disabled = StateCache(0)
+    disabled.put([1], _state(4), logits)
+    assert len(disabled) == 0
