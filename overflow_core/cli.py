@@ -51,14 +51,18 @@ def read_documents(paths: Sequence[str], stdin: TextIO | None = None) -> list[Do
                 raise InputError(f"{name}: expected a text file, got a directory or special file")
             size = path.stat().st_size
             if size > _MAX_FILE_BYTES:
-                raise InputError(f"{name}: expected at most {_MAX_FILE_BYTES // 2**20} MiB of text, got {size // 2**20} MiB")
+                raise InputError(
+                    f"{name}: expected at most {_MAX_FILE_BYTES // 2**20} MiB of text, got {size // 2**20} MiB"
+                )
             raw = path.read_bytes()
             if b"\x00" in raw[:8192]:
                 raise InputError(f"{name}: expected a text file, got binary data (NUL bytes)")
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise InputError(f"{name}: expected UTF-8 text, could not decode byte {exc.start} ({exc.reason})") from exc
+                raise InputError(
+                    f"{name}: expected UTF-8 text, could not decode byte {exc.start} ({exc.reason})"
+                ) from exc
             source = name
         if not text.strip():
             raise InputError(f"{source}: expected text, got an empty file")
@@ -96,7 +100,9 @@ def _print_scores(ranking: Ranking, out: TextIO, limit: int = 10) -> None:
     out.write(f"\n{'rank':>4}  {'entropy':>8}  {'idk':>3}  source [span]\n")
     for s in ranking.scores[:limit]:
         where = s.chunk.source or f"doc {s.chunk.doc_index}"
-        out.write(f"{s.rank:>4}  {s.entropy:>8.4f}  {'yes' if s.idk else 'no':>3}  {where} [{s.chunk.start}:{s.chunk.end}]\n")
+        out.write(
+            f"{s.rank:>4}  {s.entropy:>8.4f}  {'yes' if s.idk else 'no':>3}  {where} [{s.chunk.start}:{s.chunk.end}]\n"
+        )
     if len(ranking.scores) > limit:
         out.write(f"... {len(ranking.scores) - limit} more chunks\n")
 
@@ -169,7 +175,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="oprm", description="Overflow: model-native retrieval for recurrent LLMs (OPRM).")
+    parser = argparse.ArgumentParser(
+        prog="oprm", description="Overflow: model-native retrieval for recurrent LLMs (OPRM)."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_options(p: argparse.ArgumentParser) -> None:
@@ -207,12 +215,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["eval"], ["bench"]):  # their options (--quick...) are the module's: "--" stops oprm parsing them
+        argv = [argv[0], "--", *argv[1:]]
     args = _parser().parse_args(argv)
     try:
         if args.func is None:  # eval / bench: hand the rest of the command line to the module
             import importlib
 
-            return int(importlib.import_module(args.target).main(args.rest) or 0)
+            rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+            return int(importlib.import_module(args.target).main(rest) or 0)
         return int(args.func(args))
     except OverflowError_ as exc:
         sys.stderr.write(f"oprm {args.command}: error: {exc}\n")

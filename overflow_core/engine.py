@@ -111,9 +111,10 @@ class OPRM:
             )
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(
+            model: Any = AutoModelForCausalLM.from_pretrained(
                 str(folder), local_files_only=True, dtype=_DTYPES[config.dtype]
-            ).to(device)
+            )
+            model = model.to(device)
         except Exception as exc:
             raise ModelLoadError(
                 f"model path {str(folder)!r}: could not load the weights or tokenizer ({exc})"

@@ -36,5 +36,5 @@ def rank_order(
     """
     key = entropies.float() if criterion == "entropy" else -top_probs.float()
     if idk_filter:
-        key = key + idk.float() * 1e9  # abstainers last, still ordered among themselves
+        key = torch.where(idk, key + (key.max() - key.min() + 1), key)  # abstainers last, still ordered among themselves
     return [int(i) for i in torch.sort(key, stable=True).indices]

@@ -24,6 +24,7 @@ def tiny_config(family: str, vocab_size: int, pad_id: int, eos_id: int) -> Any:
         "eos_token_id": eos_id,
         "bos_token_id": None,
     }
+    extra: dict[str, Any]
     if family == "mamba2":
         extra = dict(
             hidden_size=32,

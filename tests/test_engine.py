@@ -54,7 +54,7 @@ def test_rank_returns_every_chunk_scored_and_ordered(engine: Any, docs: Any) -> 
 def test_answer_carries_its_work(engine: Any, docs: Any) -> None:
     answer = engine("mamba2").answer(QUESTION, docs, max_new_tokens=5)
     assert answer.mode == "oprm"
-    assert answer.ranking is not None and answer.chunk is not None or answer.not_found
+    assert (answer.ranking is not None and answer.chunk is not None) or answer.not_found
     assert answer.usage.prompt_tokens > 0 and answer.usage.padded_tokens >= answer.usage.prompt_tokens
     assert answer.usage.generated_tokens <= 5
     assert answer.timings.prefill_s > 0
@@ -149,11 +149,18 @@ def test_stop_strings_end_the_answer(engine: Any, docs: Any) -> None:
 
 def test_concurrent_calls_equal_serial_calls(engine: Any) -> None:
     oprm = engine("mamba2")
-    questions = [QUESTION, "Who is the manager of Omar Novak?", "What is the home city of Uma Weber?", "Tell me the PIN."]
+    questions = [
+        QUESTION,
+        "Who is the manager of Omar Novak?",
+        "What is the home city of Uma Weber?",
+        "Tell me the PIN.",
+    ]
     corpora = [sample_documents(n_docs=2, seed=s) for s in range(4)]
-    serial = [oprm.answer(q, d, max_new_tokens=4).text for q, d in zip(questions, corpora)]
+    serial = [oprm.answer(q, d, max_new_tokens=4).text for q, d in zip(questions, corpora, strict=True)]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        threaded = list(pool.map(lambda qd: oprm.answer(qd[0], qd[1], max_new_tokens=4).text, zip(questions, corpora)))
+        threaded = list(
+            pool.map(lambda qd: oprm.answer(qd[0], qd[1], max_new_tokens=4).text, zip(questions, corpora, strict=True))
+        )
     assert threaded == serial
 
 
@@ -193,7 +200,7 @@ def test_missing_corrupt_and_unsupported_models(tmp_path: Path, model_dir: Any) 
     with pytest.raises(ModelLoadError, match="does not exist"):
         OPRM.from_pretrained(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match="config.json"):
+    with pytest.raises(ModelLoadError, match=r"config\.json"):
         OPRM.from_pretrained(tmp_path / "empty")
     import shutil
 

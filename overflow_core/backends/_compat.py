@@ -52,7 +52,7 @@ def tensors_to_cache(config: Any, tensors: dict[str, torch.Tensor]) -> Any:
     cache = DynamicCache(config=config)
     for name, t in tensors.items():
         index, kind = name.split(".", 1)
-        layer = cache.layers[int(index)]
+        layer: Any = cache.layers[int(index)]
         if kind.startswith("conv"):
             j = int(kind[4:])
             layer.conv_states[j] = t
@@ -78,7 +78,7 @@ def tensors_to_cache(config: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 @lru_cache(maxsize=64)
-def _forward_parameters(model_class: type) -> frozenset[str]:
+def _forward_parameters(model_class: Any) -> frozenset[str]:
     return frozenset(inspect.signature(model_class.forward).parameters)
 
 

@@ -1,0 +1,229 @@
+"""Scaling measurements: OPRM against context length, memory against the batch token budget, prefill throughput, and
+per-question latency against the number of questions with and without the state index.
+
+Length and budget points each run in a fresh Python process (``python -m overflow_core.bench.scaling SPEC_JSON``), so that
+one point's allocations cannot hide in another's baseline and the kernel's ``ru_maxrss`` high-water mark belongs to the
+point alone. A point loads the model, generates its haystack, records the RSS, then calls :meth:`OPRM.rank` under
+:class:`~overflow_core.bench.memory.PeakRss`, and prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from overflow_core.bench.memory import PeakRss, current_rss, max_rss
+
+__all__ = ["length_point", "question_scaling", "run_point", "throughput"]
+
+logger = logging.getLogger("overflow_core.bench")
+WARM_QUESTION = "What is the locker number of Alice Baker?"
+
+
+def _haystack(oprm: Any, tokens: int, seed: int) -> tuple[list[tuple[str, dict[str, str]]], str, int]:
+    """A single-needle haystack of about ``tokens`` tokens: (documents, question, measured tokens)."""
+    from overflow_core.training.data import FactWorld
+    from overflow_core.training.evaluate import make_haystack
+
+    world = FactWorld("train", not_found=oprm.config.not_found)
+    hay = make_haystack(world, random.Random(f"{seed}-scaling-{tokens}"), oprm.tokenizer, tokens, present=True)
+    docs = list(hay.documents)
+    measured = sum(len(oprm.tokenizer(t, add_special_tokens=False)["input_ids"]) for t, _ in docs)
+    return docs, hay.question.text, measured
+
+
+def length_point(spec: dict[str, Any]) -> dict[str, Any]:
+    """One scaling point, in this process: ``spec`` has ``model``, ``tokens``, ``max_batch_tokens``, ``threads``,
+    ``seed`` and optionally ``chunking`` (also measure chunking alone, before the rank)."""
+    import torch
+
+    from overflow_core.engine import OPRM
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    settings = {"max_batch_tokens": spec["max_batch_tokens"]} if spec.get("max_batch_tokens") else {}
+    t0 = time.perf_counter()
+    oprm = OPRM.from_pretrained(spec.get("model"), **settings)
+    load_s = time.perf_counter() - t0
+    oprm.rank(WARM_QUESTION, ["A short warm-up document. The locker number of Alice Baker is 12."])
+    docs, question, measured = _haystack(oprm, int(spec["tokens"]), int(spec.get("seed", 0)))
+    gc.collect()
+    out: dict[str, Any] = {
+        "tokens": int(spec["tokens"]),
+        "context_tokens": measured,
+        "max_batch_tokens": oprm.config.max_batch_tokens,
+        "chunk_tokens": oprm.config.chunk_tokens,
+        "threads": torch.get_num_threads(),
+        "load_s": load_s,
+        "rss_loaded": current_rss(),
+        "max_rss_before": max_rss(),
+    }
+    if spec.get("chunking"):
+        with PeakRss() as m:
+            chunks = oprm.chunk(docs)
+        out["chunking_rss_delta"] = m.delta
+        out["chunks"] = len(chunks)
+        del chunks
+        gc.collect()
+    t0 = time.perf_counter()
+    with PeakRss() as m:
+        ranking = oprm.rank(question, docs)
+    wall = time.perf_counter() - t0
+    out.update(
+        {
+            "chunks": len(ranking.scores),
+            "rank_s": wall,
+            "prefill_s": ranking.timings.prefill_s,
+            "select_s": ranking.timings.select_s,
+            "prompt_tokens": ranking.usage.prompt_tokens,
+            "padded_tokens": ranking.usage.padded_tokens,
+            "prefill_tokens_per_s": ranking.usage.prompt_tokens / ranking.timings.prefill_s,
+            "rss_before": m.before,
+            "rss_peak": m.peak,
+            "rss_delta": m.delta,
+            "rss_samples": m.samples,
+            "max_rss_after": max_rss(),
+        }
+    )
+    return out
+
+
+def run_point(spec: dict[str, Any], timeout_s: float = 900) -> dict[str, Any]:
+    """Run :func:`length_point` in a fresh interpreter and return its result."""
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "overflow_core.bench.scaling", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=env,
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(f"scaling point {spec} failed (exit {proc.returncode}): " + " | ".join(tail))
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def throughput(oprm: Any, tokens: int, *, reps: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Prefill tokens/s of batched OPRM (:meth:`OPRM.rank`) and of vanilla (one sequence) on the same input.
+
+    Each is run ``reps`` times after a warm-up; medians are reported. Vanilla decodes one token (its prefill is what is
+    timed). ``oprm_prompt_tokens`` is larger than ``vanilla_prompt_tokens``: every chunk carries the prompt and question.
+    """
+    docs, question, measured = _haystack(oprm, tokens, seed)
+    oprm.rank(WARM_QUESTION, docs[:2])
+    oprm.answer(WARM_QUESTION, docs[:2], mode="vanilla", max_new_tokens=1)
+    o_pre, o_sel, v_pre = [], [], []
+    o_tok = v_tok = 0
+    for _ in range(reps):
+        r = oprm.rank(question, docs, k=1)
+        o_pre.append(r.timings.prefill_s)
+        o_sel.append(r.timings.select_s)
+        o_tok = r.usage.prompt_tokens
+        a = oprm.answer(question, docs, mode="vanilla", max_new_tokens=1)
+        v_pre.append(a.timings.prefill_s)
+        v_tok = a.usage.prompt_tokens
+    op, vp = statistics.median(o_pre), statistics.median(v_pre)
+    return {
+        "tokens": tokens,
+        "context_tokens": measured,
+        "reps": reps,
+        "max_batch_tokens": oprm.config.max_batch_tokens,
+        "oprm_prompt_tokens": o_tok,
+        "oprm_prefill_s": op,
+        "oprm_select_s": statistics.median(o_sel),
+        "oprm_prefill_tokens_per_s": o_tok / op,
+        "vanilla_prompt_tokens": v_tok,
+        "vanilla_prefill_s": vp,
+        "vanilla_prefill_tokens_per_s": v_tok / vp,
+        "oprm_vs_vanilla_prefill_time": op / vp,
+        "oprm_vs_vanilla_tokens_per_s": (o_tok / op) / (v_tok / vp),
+        "oprm_prefill_runs_s": o_pre,
+        "vanilla_prefill_runs_s": v_pre,
+    }
+
+
+def question_scaling(
+    oprm: Any, tokens: int, questions: int, *, seed: int = 0, tick: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Per-question latency for 1..``questions`` questions over one corpus, with the state index and without.
+
+    The corpus and questions come from :func:`overflow_core.bench.index_latency.make_corpus` (facts stated exactly once).
+    Each question is timed once through the index and once through :meth:`OPRM.answer` (full prefill). For N questions:
+    with the index, ``(build + sum of the first N index answers) / N``; without, ``sum of the first N answers / N``.
+    """
+    from overflow_core.bench.index_latency import make_corpus
+
+    docs, asked, corpus_tokens = make_corpus(oprm, tokens, questions, seed)
+    oprm.rank(WARM_QUESTION, docs[:2])
+    t0 = time.perf_counter()
+    with PeakRss() as m:
+        index = oprm.index(docs)
+    build_s = time.perf_counter() - t0
+    index.rank(WARM_QUESTION)
+    fast, full, agree, right_fast, right_full = [], [], 0, 0, 0
+    for q in asked:
+        t0 = time.perf_counter()
+        a = index.answer(q.text)
+        t1 = time.perf_counter()
+        b = oprm.answer(q.text, docs)
+        t2 = time.perf_counter()
+        fast.append(t1 - t0)
+        full.append(t2 - t1)
+        agree += int(a.text == b.text and a.not_found == b.not_found)
+        right_fast += int(q.answer in a.text)
+        right_full += int(q.answer in b.text)
+        if tick is not None:
+            tick()
+    rows = []
+    for n in range(1, len(asked) + 1):
+        rows.append(
+            {
+                "questions": n,
+                "with_index_s": (build_s + sum(fast[:n])) / n,
+                "without_index_s": sum(full[:n]) / n,
+            }
+        )
+    return {
+        "corpus_tokens": corpus_tokens,
+        "documents": len(docs),
+        "chunks": len(index),
+        "build_s": build_s,
+        "build_rss_delta": m.delta,
+        "index_bytes": index.nbytes,
+        "index_answer_s": fast,
+        "full_answer_s": full,
+        "median_index_answer_s": statistics.median(fast),
+        "median_full_answer_s": statistics.median(full),
+        "agree": agree,
+        "correct_with_index": right_fast,
+        "correct_without_index": right_full,
+        "rows": rows,
+        "break_even_questions": next((r["questions"] for r in rows if r["with_index_s"] < r["without_index_s"]), None),
+    }
+
+
+def _main(argv: Sequence[str]) -> int:
+    from transformers.utils import logging as hf_logging
+
+    spec = json.loads(argv[0])
+    logging.basicConfig(level=logging.WARNING)
+    hf_logging.set_verbosity_error()
+    print(json.dumps(length_point(spec)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

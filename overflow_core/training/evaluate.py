@@ -1,0 +1,236 @@
+"""Evaluate a model the way a user meets it: through the public ``OPRM`` API, on fresh held-out data, at growing lengths.
+
+For each context length (in tokens) it builds haystacks of short documents full of facts and filler, hides one needle
+fact, and asks for it (or, for absent questions, asks about a key that is not there: a similar name, or the same person
+with another attribute). It reports, per length and per split (``seen`` formats vs ``heldout`` formats: phrasings,
+attributes and filler never used in training):
+
+- exact match of vanilla whole-context inference and of OPRM;
+- the rate of correct "not found" answers on absent keys (both methods);
+- OPRM's hit rate (the chosen chunk holds the needle) and per-chunk abstention: the share of chunks without the needle
+  that the IDK filter dropped.
+
+Usage::
+
+    python -m overflow_core.training.evaluate --quick                 # minutes: a small sample
+    python -m overflow_core.training.evaluate --samples 20 --out docs/results   # the full table and plot
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from overflow_core.training.data import Curriculum, Fact, FactWorld, Question
+
+__all__ = ["Haystack", "evaluate", "main", "make_haystack"]
+
+EVAL_SEED = 987_654_321  # never used by training (training draws from seed * 1_000_003 + step)
+
+
+@dataclass(frozen=True)
+class Haystack:
+    documents: list[tuple[str, dict[str, str]]]
+    question: Question
+    needle: Fact | None
+
+
+def _tokens(tokenizer: Any, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def make_haystack(
+    world: FactWorld, rng: random.Random, tokenizer: Any, target_tokens: int, *, present: bool, doc_tokens: int = 220
+) -> Haystack:
+    """Documents totalling about ``target_tokens`` tokens; one holds the needle when ``present``."""
+    docs: list[tuple[str, dict[str, str]]] = []
+    facts: list[Fact] = []
+    total = 0
+    budget = min(doc_tokens, target_tokens)
+    cur = Curriculum(max_facts=4, distractor_rate=0.5)
+    chars = budget * 3.2  # characters per document; shrunk whenever a document comes out over budget
+    while not docs or total + budget <= target_tokens:
+        doc_facts = world.facts(rng, rng.randint(0, 3), cur.distractor_rate)
+        text = world.document(rng, doc_facts, target_chars=int(chars))
+        n_tok = _tokens(tokenizer, text)
+        if n_tok > budget:
+            chars *= 0.9
+            continue
+        docs.append((text, {"source": f"doc{len(docs):04d}"}))
+        facts.extend(doc_facts)
+        total += n_tok
+    used = {(f.key, f.attr) for f in facts}
+    if present:
+        for _ in range(100):
+            key, attr = world.key(rng), rng.choice(list(world.attributes))
+            if (key, attr) not in used:
+                break
+        needle = world.fact(rng, key, attr)
+        where = rng.randrange(len(docs))
+        text, meta = docs[where]
+        sentences = text.split(". ")
+        cut = rng.randint(0, len(sentences))
+        merged = ". ".join([*sentences[:cut], needle.sentence.rstrip("."), *sentences[cut:]])
+        docs[where] = (merged, meta)
+        question = world.question(rng, needle.key, needle.attr, needle.value, present=True)
+        return Haystack(docs, question, needle)
+    question = world.absent_question(rng, facts, hard_rate=0.7)
+    return Haystack(docs, question, None)
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.strip().strip(".").lower().split())
+
+
+def evaluate(
+    oprm: Any,
+    lengths: list[int],
+    *,
+    samples: int,
+    absent_samples: int,
+    vanilla_max_tokens: int,
+    seed: int = EVAL_SEED,
+    log: Any = None,
+) -> dict[str, Any]:
+    """Run the evaluation; returns ``{"rows": [...], ...}`` with one row per (split, length)."""
+    rows = []
+    for split, world_split in (("seen", "train"), ("heldout", "heldout")):
+        world = FactWorld(world_split, not_found=oprm.config.not_found)  # type: ignore[arg-type]
+        for length in lengths:
+            rng = random.Random(f"{seed}-{split}-{length}")
+            stats: dict[str, list[float]] = {k: [] for k in ("oprm_em", "vanilla_em", "hit", "oprm_nf", "vanilla_nf")}
+            abstain_num = abstain_den = 0
+            t0 = time.time()
+            for i in range(samples + absent_samples):
+                present = i < samples
+                hay = make_haystack(world, rng, oprm.tokenizer, length, present=present)
+                q = hay.question
+                answer = oprm.answer(q.text, hay.documents)
+                assert answer.ranking is not None
+                for s in answer.ranking.scores:
+                    if hay.needle is None or hay.needle.value not in s.chunk.text:
+                        abstain_den += 1
+                        abstain_num += int(s.idk)
+                run_vanilla = length <= vanilla_max_tokens
+                vanilla = oprm.answer(q.text, hay.documents, mode="vanilla") if run_vanilla else None
+                if present:
+                    stats["oprm_em"].append(float(_normalise(answer.text) == _normalise(q.answer)))
+                    best = answer.ranking.best
+                    stats["hit"].append(float(best is not None and q.answer in best.chunk.text))
+                    if vanilla is not None:
+                        stats["vanilla_em"].append(float(_normalise(vanilla.text) == _normalise(q.answer)))
+                else:
+                    stats["oprm_nf"].append(float(answer.not_found))
+                    if vanilla is not None:
+                        stats["vanilla_nf"].append(float(vanilla.not_found))
+            row = {
+                "split": split,
+                "tokens": length,
+                "chunks": len(answer.ranking.scores),
+                "samples": samples,
+                "absent_samples": absent_samples,
+                **{k: (round(sum(v) / len(v), 4) if v else None) for k, v in stats.items()},
+                "chunk_abstention": round(abstain_num / abstain_den, 5) if abstain_den else None,
+                "seconds": round(time.time() - t0, 1),
+            }
+            rows.append(row)
+            if log is not None:
+                log(row)
+    return {"rows": rows}
+
+
+def _plot(result: dict[str, Any], path: Path, train_tokens: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for split, style in (("seen", "-"), ("heldout", "--")):
+        rows = [r for r in result["rows"] if r["split"] == split]
+        xs = [r["tokens"] / train_tokens for r in rows]
+        ax.plot(xs, [r["oprm_em"] for r in rows], style, marker="o", color="tab:green", label=f"OPRM ({split})")
+        vx = [x for x, r in zip(xs, rows, strict=True) if r["vanilla_em"] is not None]
+        vy = [r["vanilla_em"] for r in rows if r["vanilla_em"] is not None]
+        ax.plot(vx, vy, style, marker="s", color="tab:red", label=f"vanilla ({split})")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context length / training length (256 tokens)")
+    ax.set_ylabel("exact match")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Bundled model: needle lookup, vanilla vs OPRM")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="oprm eval", description="Evaluate a model: vanilla vs OPRM by context length."
+    )
+    parser.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a small sample: 4 present + 2 absent questions, 3 lengths"
+    )
+    parser.add_argument("--samples", type=int, default=20, help="present questions per split and length")
+    parser.add_argument("--absent", type=int, default=None, help="absent questions per split and length (default half)")
+    parser.add_argument("--lengths", default=None, help="comma-separated token lengths")
+    parser.add_argument("--vanilla-max-tokens", type=int, default=70_000, help="skip vanilla above this length")
+    parser.add_argument("--out", default=None, help="folder for model_eval.json and model_accuracy.png")
+    args = parser.parse_args(argv)
+
+    from overflow_core.engine import OPRM
+
+    oprm = OPRM.from_pretrained(args.model)
+    train_tokens = oprm.config.chunk_tokens
+    if args.lengths:
+        lengths = [int(x) for x in args.lengths.split(",")]
+    elif args.quick:
+        lengths = [train_tokens, 8 * train_tokens, 32 * train_tokens]
+    else:
+        lengths = [
+            train_tokens,
+            4 * train_tokens,
+            16 * train_tokens,
+            32 * train_tokens,
+            128 * train_tokens,
+            256 * train_tokens,
+        ]
+    samples = 4 if args.quick else args.samples
+    absent = args.absent if args.absent is not None else max(2, samples // 2)
+
+    def log(row: dict[str, Any]) -> None:
+        print(json.dumps(row), flush=True)
+
+    t0 = time.time()
+    result = evaluate(
+        oprm, lengths, samples=samples, absent_samples=absent, vanilla_max_tokens=args.vanilla_max_tokens, log=log
+    )
+    result.update(
+        {
+            "model": oprm.name,
+            "chunk_tokens": train_tokens,
+            "seed": EVAL_SEED,
+            "seconds": round(time.time() - t0, 1),
+            "machine": {"platform": platform.platform(), "python": platform.python_version()},
+            "command": "python -m overflow_core.training.evaluate " + " ".join(argv or []),
+        }
+    )
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "model_eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        _plot(result, out / "model_accuracy.png", train_tokens)
+        print(f"wrote {out / 'model_eval.json'} and {out / 'model_accuracy.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

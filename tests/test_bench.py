@@ -1,0 +1,288 @@
+"""The benchmark harness's own code, on tiny random models: task generation, JSONL loading, metrics, methods, one small run.
+
+These check the harness, not the model: a tiny random model answers nothing right, so accuracies here are whatever they
+are; what is checked is that every figure is computed from the right inputs and lands in the output files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from overflow_core import ConfigError, InputError
+from overflow_core.bench import metrics
+from overflow_core.bench.memory import PeakRss, current_rss
+from overflow_core.bench.methods import BM25RAG, EmbeddingRAG, make_methods, require
+from overflow_core.bench.runner import BenchSpec, headline, run
+from overflow_core.bench.tasks import TASKS, Evidence, Item, generate, load_jsonl
+
+QUESTION = "What is the locker number of Alice Baker?"
+
+
+def fake_encoder(texts: Any) -> np.ndarray:
+    """Bag of a few words: a text mentioning ``Alice Baker`` and ``locker`` points the same way as the question."""
+    words = ("alice", "baker", "locker", "weather", "train")
+    v = np.array([[t.lower().count(w) for w in words] + [0.01] for t in texts], dtype=np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def tok(engine: Any) -> Any:
+    return engine("mamba2").tokenizer
+
+
+# -- tasks ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("task", TASKS)
+def test_generate_is_seeded_and_evidence_points_at_the_answer(task: str, tok: Any) -> None:
+    a = generate(task, 600, 2, tok, seed=7)
+    b = generate(task, 600, 2, tok, seed=7)
+    c = generate(task, 600, 2, tok, seed=8)
+    assert a == b, "the same seed must give the same items (reproducible runs)"
+    assert [i.question for i in a] != [i.question for i in c] or [i.documents for i in a] != [i.documents for i in c]
+    for item in a:
+        assert item.task == task and item.length == 600
+        assert 300 < item.context_tokens < 1000, f"context of {item.context_tokens} tokens for a 600-token target"
+        if task == "absent":
+            assert item.absent and item.evidence is None
+            continue
+        ev = item.evidence
+        assert ev is not None
+        assert item.documents[ev.doc][0][ev.start : ev.end] == item.answers[0], "evidence must span the answer value"
+
+
+def test_multi_and_multidoc_add_their_distractors(tok: Any) -> None:
+    for item in generate("multi", 600, 3, tok, seed=1):
+        text = " ".join(t for t, _ in item.documents)
+        assert text.count(item.attr) >= 5, "multi: the needle and four facts about similar keys share the attribute"
+    for item in generate("multidoc", 2000, 3, tok, seed=1):
+        docs = [i for i, (t, _) in enumerate(item.documents) if item.key in t]
+        assert len(docs) >= 2, "multidoc: the asked key must appear in several documents"
+
+
+def test_generate_rejects_bad_arguments(tok: Any) -> None:
+    with pytest.raises(InputError, match="task"):
+        generate("nope", 600, 1, tok)
+    with pytest.raises(InputError, match="split"):
+        generate("single", 600, 1, tok, split="dev")
+
+
+# -- JSONL ------------------------------------------------------------------------------------------------------------
+def test_load_jsonl(tmp_path: Path, tok: Any) -> None:
+    path = tmp_path / "mine.jsonl"
+    rows = [
+        {"context": "Alice Baker's locker number is 4412.", "question": QUESTION, "answers": ["4412"], "id": "q1"},
+        {"context": ["Doc one.", "Doc two."], "question": "Who?", "answers": []},
+    ]
+    path.write_text(json.dumps(rows[0]) + "\n\n" + json.dumps(rows[1]) + "\n")
+    items = load_jsonl(path, tok)
+    assert [i.id for i in items] == ["q1", "mine-3"]
+    assert items[0].answers == ("4412",) and not items[0].absent
+    assert items[1].absent and len(items[1].documents) == 2
+    assert items[0].context_tokens > 0 and items[0].task == "mine"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "empty file"),
+        ("{not json\n", r"bad\.jsonl:1: expected a JSON object, could not parse"),
+        ("[1, 2]\n", "got list"),
+        ('{"context": "x", "question": "q"}\n', "missing answers"),
+        ('{"context": "", "question": "q", "answers": []}\n', "context"),
+        ('{"context": "x", "question": " ", "answers": []}\n', "question"),
+        ('{"context": "x", "question": "q", "answers": "4412"}\n', "answers"),
+        ('{"context": "x", "question": "q", "answers": []}\n{oops\n', r"bad\.jsonl:2:"),
+    ],
+)
+def test_load_jsonl_errors(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message):
+        load_jsonl(path)
+
+
+def test_load_jsonl_missing_and_binary(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file"):
+        load_jsonl(tmp_path / "missing.jsonl")
+    (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(InputError, match="UTF-8"):
+        load_jsonl(tmp_path / "bin.jsonl")
+
+
+# -- metrics ----------------------------------------------------------------------------------------------------------
+def _item(answers: tuple[str, ...] = ("4412",), evidence: Evidence | None = None) -> Item:
+    return Item("x", "single", 100, (("text", {}),), QUESTION, answers, evidence, 10)
+
+
+def test_exact_match_and_normalize() -> None:
+    assert metrics.normalize("  The  Answer. ") == "the answer"
+    assert metrics.exact_match("4412.", ["4412"])
+    assert metrics.exact_match("Dr. Weber", ["dr. weber"])
+    assert not metrics.exact_match("4412 or 12", ["4412"])
+    assert not metrics.exact_match("anything", [])
+
+
+def test_chunk_hit_uses_the_evidence_span() -> None:
+    item = _item(evidence=Evidence(doc=1, start=50, end=54))
+    assert metrics.chunk_hit(1, 40, 60, "...", item)
+    assert not metrics.chunk_hit(1, 52, 90, "... 4412 ...", item), "a chunk holding part of the value is not a hit"
+    assert not metrics.chunk_hit(0, 0, 100, "4412 by chance", item), "the value elsewhere is not the evidence"
+    assert metrics.chunk_hit(0, 0, 9, "has 4412 here", _item()), "without evidence, the text decides"
+    assert not metrics.chunk_hit(0, 0, 9, "4412", _item(answers=())), "absent items have no hits"
+    assert metrics.hit_at_k([False, False, True], 3) and not metrics.hit_at_k([False, False, True], 2)
+    with pytest.raises(ValueError):
+        metrics.hit_at_k([True], 0)
+
+
+def test_aggregate_by_hand() -> None:
+    base = {"task": "t", "length": 1, "method": "m", "hit1": None, "hit3": None, "rss_delta": 5, "rss_peak": 9}
+    recs = [
+        {**base, "absent": False, "em": True, "hit1": True, "hit3": True, "not_found": False, "prefill_s": 1.0,
+         "select_s": 0.5, "decode_s": 0.5, "total_s": 2.0, "prompt_tokens": 100, "context_tokens": 80},
+        {**base, "absent": False, "em": False, "hit1": False, "hit3": True, "not_found": True, "prefill_s": 3.0,
+         "select_s": 0.5, "decode_s": 0.5, "total_s": 4.0, "prompt_tokens": 300, "context_tokens": 220},
+        {**base, "absent": True, "em": None, "not_found": True, "prefill_s": 0.0, "select_s": 0.0, "decode_s": 0.0,
+         "total_s": 0.0, "prompt_tokens": 0, "context_tokens": 0, "rss_delta": 7},
+    ]
+    (row,) = metrics.aggregate(recs, ("task", "length", "method"))
+    assert (row["n"], row["n_present"], row["n_absent"]) == (3, 2, 1)
+    assert row["em"] == 0.5 and row["hit1"] == 0.5 and row["hit3"] == 1.0
+    assert row["not_found_rate"] == 1.0 and row["false_not_found_rate"] == 0.5
+    assert row["prefill_tokens_per_s"] == 100.0  # 400 tokens over 4 s
+    assert row["tokens_per_s"] == 50.0  # 300 context tokens over 6 s
+    assert row["rss_delta_max"] == 7
+
+
+def test_flops_and_roofline() -> None:
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(100, 8)
+            self.mix = torch.nn.Linear(8, 8)  # 72 parameters
+            self.head = torch.nn.Linear(8, 100, bias=False)
+            self.head.weight = self.embed.weight  # tied, as in the bundled model
+
+        def get_input_embeddings(self) -> torch.nn.Module:
+            return self.embed
+
+        def get_output_embeddings(self) -> torch.nn.Module:
+            return self.head
+
+    assert metrics.flops_per_token(Tiny()) == 2 * 72
+    assert metrics.roofline_fraction(2e6, 1e4, 1e11) == pytest.approx(0.2)
+    with pytest.raises(ValueError):
+        metrics.roofline_fraction(1, 1, 0)
+    peak = metrics.gemm_peak((64,), reps=2)
+    assert peak["flops"] > 0 and peak["size"] == 64
+
+
+def test_peak_rss_sees_an_allocation() -> None:
+    with PeakRss(interval_s=0.001) as m:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, written, so resident
+        time.sleep(0.02)
+        del block
+    assert m.delta >= 48 * 2**20, f"a 64 MiB array must show in the peak, got {m.delta / 2**20:.1f} MiB"
+    assert m.before > 0 and current_rss() > 0
+
+
+# -- methods ----------------------------------------------------------------------------------------------------------
+def _docs_item(tok: Any) -> Item:
+    docs = (
+        ("The weather was calm. The train passed the bridge. " * 4, {"source": "a"}),
+        ("Alice Baker's locker number is 4412. The locker is by the door.", {"source": "b"}),
+        ("The train stood near the station. The weather was cold. " * 4, {"source": "c"}),
+    )
+    text = docs[1][0]
+    return Item("m", "single", 0, docs, QUESTION, ("4412",), Evidence(1, text.find("4412"), text.find("4412") + 4), 0)
+
+
+def test_rag_baselines_retrieve_the_right_chunk(engine: Any, tok: Any) -> None:
+    oprm = engine("mamba2")
+    item = _docs_item(tok)
+    for method in (EmbeddingRAG(oprm, encoder=fake_encoder), BM25RAG(oprm)):
+        method.prepare()
+        out = method.run(item)
+        assert out.chosen is not None and out.chosen.doc_index == 1, f"{method.name} must pick the fact's chunk"
+        assert metrics.chunk_hit(out.chosen.doc_index, out.chosen.start, out.chosen.end, out.chosen.text, item)
+        assert out.select_s > 0 and out.prompt_tokens > 0 and out.total_s >= out.prefill_s
+
+
+def test_missing_extra_names_the_pip_extra() -> None:
+    with pytest.raises(ImportError, match=r"overflow-core\[bench\]"):
+        require("surely_not_an_installed_module_xyz", "a test")
+    with pytest.raises(ConfigError, match="methods"):
+        make_methods(None, ["oprm", "magic"])
+
+
+# -- one small run ----------------------------------------------------------------------------------------------------
+def test_small_run_writes_json_and_markdown(engine: Any, tmp_path: Path) -> None:
+    from overflow_core.bench import report
+
+    oprm = engine("mamba2")
+    spec = BenchSpec(
+        lengths=(256, 600),
+        samples={256: 1, 600: 1},
+        sections=("accuracy", "throughput", "questions"),
+        throughput_tokens=500,
+        throughput_reps=1,
+        question_tokens=400,
+        questions=2,
+        gemm_sizes=(64,),
+    )
+    result = run(spec, oprm, encoder=fake_encoder)
+    methods = result["settings"]["methods"]
+    assert len(result["records"]) == 2 * len(TASKS) * len(methods)
+    assert {r["method"] for r in result["records"]} == set(methods)
+    for r in result["records"]:
+        assert r["total_s"] >= r["prefill_s"] + r["decode_s"] - 1e-6
+        assert (r["em"] is None) == r["absent"]
+    h = result["headline"]
+    assert h["longest_length"] == 600 and "oprm_vs_vanilla_prefill_time" in h and "per_question_with_index_s" in h
+    assert 0 < result["throughput"]["oprm_roofline"] < 1
+    paths = report.write(result, tmp_path, "bench_test", plots=False)
+    saved = json.loads((tmp_path / "bench_test.json").read_text())
+    assert saved["machine"]["usable_cpus"] >= 1 and saved["gemm"]["flops"] > 0
+    page = (tmp_path / "bench_test.md").read_text()
+    assert "| 600 | single |" in page and "## Prefill throughput" in page and "## Per-question latency" in page
+    assert [p.name for p in paths] == ["bench_test.json", "bench_test.md"]
+    assert headline(result) == h
+
+
+def test_scaling_point_in_a_subprocess(model_dir: Any) -> None:
+    from overflow_core.bench.scaling import run_point
+
+    point = run_point({"model": str(model_dir("mamba2")), "tokens": 600, "threads": 1, "max_batch_tokens": 300,
+                       "chunking": True})
+    assert point["chunks"] >= 5 and point["max_batch_tokens"] == 300
+    assert point["rss_peak"] >= point["rss_before"] > 0 and point["prefill_tokens_per_s"] > 0
+    assert point["chunking_rss_delta"] >= 0
+
+
+def test_cli_bad_jsonl_is_one_line_and_exit_2(model_dir: Any, tmp_path: Path, capsys: Any) -> None:
+    from overflow_core.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"context": "x"}\n')
+    code = main(["bench", "--jsonl", str(bad), "--model", str(model_dir("mamba2")), "--out", str(tmp_path),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing question, answers" in err and "Traceback" not in err
+
+
+def test_cli_spec_profiles() -> None:
+    from overflow_core.bench.cli import _run_parser, spec_from_args
+
+    quick = spec_from_args(_run_parser().parse_args(["--quick"]))
+    assert quick.lengths == (256, 4096) and quick.samples == {256: 2, 4096: 2}
+    custom = spec_from_args(_run_parser().parse_args(["--lengths", "300,900", "--samples", "3", "--jsonl", "x"]))
+    assert custom.samples == {300: 3, 900: 3} and custom.sections == ("accuracy",)
+    with pytest.raises(SystemExit):
+        _run_parser().parse_args(["--methods", "oprm,magic"])
+    assert sys.executable

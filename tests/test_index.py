@@ -1,0 +1,365 @@
+"""The state index: equal to the full-prefill engine for every backend, persistent, and strict about what it loads.
+
+Tolerances: the index feeds ``question + suffix`` on top of a stored state while the engine prefills the whole prompt in
+one left-padded batch, so the two run different kernels over different batch shapes. In float32 they agree to about 1e-6;
+``ATOL = 1e-4`` leaves room for that and is still far below any real difference (a wrong state moves logits by 0.1 or more,
+see ``shared/RECURRENT_CACHES.md``). The tiny random models rank chunks by entropies that can be tied to within 1e-6, so
+rankings are compared rank by rank on the engine's own entropies (a swap of two tied chunks passes, anything else fails),
+and decoding is checked token by token against the slow oracle, which does not depend on ties.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from overflow_core import OPRM, ConfigError, IndexCorruptError, IndexMismatchError, InputError, Ranking
+from overflow_core.index import MANIFEST, StateIndex
+from overflow_core.reference import reference_greedy, reference_last_logits
+from overflow_core.testing import FAMILIES, make_tokenizer_dir, sample_documents
+
+ATOL = 1e-4
+QUESTION = "What is the locker number of Alice Baker?"
+OTHER_QUESTION = "Where does the ship Orbit dock?"
+DOCS = sample_documents(3, seed=0)
+BUDGET = 800  # max_batch_tokens: several micro-batches of 6-8 rows of different lengths, in prefill and in queries
+
+
+def assert_same_ranking(expected: Ranking, got: Ranking) -> None:
+    """``got`` (index) ranks like ``expected`` (engine): same chunks, same entropies, same order up to exact ties."""
+
+    def where(r: Ranking) -> list[tuple[Any, ...]]:
+        return sorted((s.chunk.index, s.chunk.doc_index, s.chunk.source, s.chunk.start, s.chunk.ids) for s in r.scores)
+
+    assert where(got) == where(expected), (
+        "the index must hold exactly the chunks the engine makes of the same documents"
+    )
+    ref = {s.chunk.index: s for s in expected.scores}
+    for s in got.scores:
+        assert abs(s.entropy - ref[s.chunk.index].entropy) <= ATOL, (
+            f"chunk {s.chunk.index}: entropy {s.entropy} from the stored state, {ref[s.chunk.index].entropy} from the "
+            "full prompt; a state that does not continue exactly (wrong row, padding, Mamba-1 block feed) shows here"
+        )
+        assert s.idk == ref[s.chunk.index].idk
+    for r, (e, g) in enumerate(zip(expected.scores, got.scores, strict=True)):
+        assert e.idk == ref[g.chunk.index].idk and abs(e.entropy - ref[g.chunk.index].entropy) <= ATOL, (
+            f"rank {r}: the engine puts chunk {e.chunk.index} (entropy {e.entropy}) there, the index chunk "
+            f"{g.chunk.index} (engine entropy {ref[g.chunk.index].entropy}): more than a tie apart"
+        )
+    top = [s for s in expected.scores if not s.idk]
+    if len(top) > 1 and top[1].entropy - top[0].entropy > 2 * ATOL:
+        assert got.best is not None and got.best.chunk.index == top[0].chunk.index
+
+
+@pytest.fixture(scope="module")
+def tuned(engine: Any) -> Any:
+    """``tuned(family)``: an engine whose prefill and query both run in several micro-batches."""
+    return lambda family: engine(family, max_batch_tokens=BUDGET)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_index_matches_full_prefill(tuned: Any, family: str, tmp_path: Path) -> None:
+    e = tuned(family)
+    index = StateIndex.build(e, DOCS)
+    expected = e.rank(QUESTION, DOCS)
+    assert_same_ranking(expected, index.rank(QUESTION))  # states in memory
+    index.save(tmp_path / "idx", shard_bytes=4 * int(index.bytes_per_chunk))  # several shards
+    loaded = StateIndex.load(tmp_path / "idx", e)
+    assert len(list((tmp_path / "idx").glob("*.safetensors"))) > 1
+    e.state_cache.clear()
+    got = loaded.rank(QUESTION)  # states streamed from the shards
+    assert_same_ranking(expected, got)
+    assert_same_ranking(e.rank(OTHER_QUESTION, DOCS), loaded.rank(OTHER_QUESTION))
+
+    # the state the index kept for the best chunk continues the full prompt exactly: logits, then greedy tokens
+    assert got.best is not None
+    prompt = e.prompt(got.best.chunk.ids, e.encode_question(QUESTION))
+    cached = e.state_cache.longest_prefix(prompt)
+    assert cached is not None and cached.ids == tuple(prompt), "index.rank must cache the best chunk's state"
+    assert torch.allclose(cached.logits[0].float(), reference_last_logits(e.model, prompt), atol=ATOL), (
+        "stored state + question must give the logits of one plain forward over the full prompt"
+    )
+    generation = e.complete(prompt, max_new_tokens=6)
+    list(generation)
+    assert generation.reused_tokens == len(prompt)  # type: ignore[attr-defined]
+    assert generation.token_ids == reference_greedy(e.model, prompt, 6, e.stop_ids)
+
+    # answer(): the engine's decoding, from the same chunk, gives the same tokens
+    answer = loaded.answer(QUESTION, max_new_tokens=6)
+    assert answer.chunk is None or answer.chunk.chunk.index == got.best.chunk.index
+    alone = e.answer(QUESTION, [(got.best.chunk.text, dict(got.best.chunk.metadata))], max_new_tokens=6)
+    assert (answer.text, answer.not_found, answer.usage.generated_tokens) == (
+        alone.text, alone.not_found, alone.usage.generated_tokens
+    )  # fmt: skip
+
+
+def test_stream_and_summarize_match_the_engine(tuned: Any) -> None:
+    e = tuned("mamba2")
+    index = StateIndex.build(e, DOCS)
+    answer = index.answer(QUESTION, max_new_tokens=6)
+    assert "".join(index.stream(QUESTION, max_new_tokens=6)).strip() == answer.text
+    assert answer.mode == "oprm" and answer.usage.generated_tokens > 0
+    parts = index.answer(QUESTION, mode="summarize", k=2, max_new_tokens=4)
+    assert parts.mode == "summarize" and len(parts.parts) == 2
+    # the top two in document order, as summarize joins them
+    top = sorted((s.chunk for s in index.rank(QUESTION, k=2).scores), key=lambda c: c.index)
+    alone = e.answer(QUESTION, [c.text for c in top], mode="summarize", k=2, max_new_tokens=4)
+    assert parts.parts == alone.parts, "each part is decoded from its chunk's state as the engine decodes it"
+
+
+@pytest.mark.parametrize("family", ["mamba2", "mamba", "bamba"])
+def test_query_feeds_only_the_question(tuned: Any, family: str) -> None:
+    """The forward passes of a query see ``question + suffix`` per chunk and nothing else (the point of the index)."""
+    e = tuned(family)
+    index = StateIndex.build(e, DOCS)
+    seen: list[int] = []
+
+    def count(_module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        seen.append(int(ids.numel()))
+
+    handle = e.model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        ranking = index.rank(QUESTION)
+    finally:
+        handle.remove()
+    tail = len(e.encode_question(QUESTION)) + len(e.prompt_ids.suffix)
+    assert sum(seen) == len(index) * tail
+    assert ranking.usage.prompt_tokens == ranking.usage.padded_tokens == len(index) * tail
+    context = sum(len(e.context_prompt(c.ids)) for c in index.chunks)
+    assert ranking.usage.reused_tokens == context
+    full = e.rank(QUESTION, DOCS)
+    assert full.usage.prompt_tokens == context + len(index) * tail  # what the index saves per question
+    answer = index.answer(QUESTION, max_new_tokens=4)
+    assert answer.usage.reused_tokens == context and answer.usage.prompt_tokens == len(index) * tail
+
+
+def test_save_load_round_trip(tuned: Any, tmp_path: Path) -> None:
+    e = tuned("mamba2")
+    docs = [*DOCS, ("A note with odd metadata. " * 4, {"source": "note.txt", "when": object(), "page": 3})]
+    index = StateIndex.build(e, docs)
+    index.save(tmp_path / "idx", shard_bytes=1)  # one chunk per shard
+    loaded = StateIndex.load(tmp_path / "idx", e)
+    assert len(loaded) == len(index) and loaded.documents == index.documents == 4
+    assert loaded.nbytes == index.nbytes and loaded.bytes_per_chunk == index.bytes_per_chunk > 0
+    for a, b in zip(index.chunks, loaded.chunks, strict=True):
+        assert (a.index, a.doc_index, a.text, a.start, a.end, a.ids, a.source) == (
+            b.index, b.doc_index, b.text, b.start, b.end, b.ids, b.source
+        )  # fmt: skip
+    assert loaded.chunks[-1].metadata == {"source": "note.txt", "page": 3}  # non-JSON metadata is dropped
+    assert len(list((tmp_path / "idx").glob("*.safetensors"))) == len(index)
+    manifest = json.loads((tmp_path / "idx" / MANIFEST).read_text())
+    assert manifest["settings"]["chunk_tokens"] == e.config.chunk_tokens
+    assert {"model", "tokenizer", "shards", "chunks", "format_version", "checksum"} <= set(manifest)
+    assert_same_ranking(index.rank(QUESTION), loaded.rank(QUESTION))
+    assert loaded.path == tmp_path / "idx" and "chunks=" in repr(loaded)
+    no_pickle = [p for p in (tmp_path / "idx").iterdir() if p.suffix not in (".safetensors", ".json")]
+    assert not no_pickle, f"only safetensors shards and the JSON manifest belong in an index, found {no_pickle}"
+
+
+def test_add_and_remove_equal_a_fresh_build(tuned: Any, tmp_path: Path) -> None:
+    e = tuned("mamba2")
+    index = StateIndex.build(e, DOCS[:1])
+    index.save(tmp_path / "idx")
+    index = StateIndex.load(tmp_path / "idx", e)  # disk-backed chunks, then in-memory ones
+    index.add(DOCS[1:])
+    assert index.chunks == e.chunk(DOCS)
+    assert_same_ranking(e.rank(QUESTION, DOCS), index.rank(QUESTION))
+    removed = index.remove("doc1.txt")
+    rest = [DOCS[0], DOCS[2]]
+    assert removed == len(e.chunk(DOCS[1:2])) and index.documents == 2
+    assert index.chunks == e.chunk(rest)
+    assert_same_ranking(e.rank(QUESTION, rest), index.rank(QUESTION))
+    assert index.remove("no-such-source.txt") == 0
+    assert index.remove(lambda c: c.doc_index == 1 and c.start == 0) == 1
+    index.save(tmp_path / "idx")
+    again = StateIndex.load(tmp_path / "idx", e)
+    assert again.chunks == index.chunks
+    assert_same_ranking(index.rank(QUESTION), again.rank(QUESTION))
+
+
+def test_saving_again_rewrites_only_what_changed(tuned: Any, tmp_path: Path) -> None:
+    e = tuned("mamba2")
+    folder = tmp_path / "idx"
+    StateIndex.build(e, DOCS[:2]).save(folder)
+    before = {p.name for p in folder.glob("*.safetensors")}
+    index = StateIndex.load(folder, e)
+    index.add(DOCS[2:])
+    index.save(folder)
+    after = {p.name for p in folder.glob("*.safetensors")}
+    assert before < after, "an untouched shard is kept; the added chunks go to a new one"
+    index.remove("doc0.txt")
+    index.save(folder)
+    final = {p.name for p in folder.glob("*.safetensors")}
+    assert not before & final, "a shard with removed chunks is rewritten, and the old file deleted"
+    assert StateIndex.load(folder, e).chunks == e.chunk(DOCS[1:])
+
+
+def test_other_model_tokenizer_or_settings_rejected(tuned: Any, model_dir: Any, tmp_path: Path) -> None:
+    e = tuned("mamba2")
+    StateIndex.build(e, DOCS[:1]).save(tmp_path / "idx")
+
+    def refused(other: OPRM) -> str:
+        with pytest.raises(IndexMismatchError) as info:
+            StateIndex.load(tmp_path / "idx", other)
+        return str(info.value)
+
+    assert "model family: index 'mamba2', engine 'mamba'" in refused(tuned("mamba"))
+    changed = copy.deepcopy(e.model)
+    with torch.no_grad():
+        for p in changed.parameters():
+            p.add_(0.01)
+    assert "model weights" in refused(OPRM(changed, e.tokenizer, e.config))
+    assert "model dtype: index float32, engine bfloat16" in refused(
+        OPRM.from_pretrained(model_dir("mamba2"), dtype="bfloat16")
+    )
+    from transformers import AutoTokenizer
+
+    other_tok = AutoTokenizer.from_pretrained(str(make_tokenizer_dir(tmp_path / "tok2", seed=11)))
+    assert "tokenizer:" in refused(OPRM(e.model, other_tok, e.config))
+    assert "chunk_tokens: index 48, engine 32" in refused(OPRM.from_pretrained(model_dir("mamba2"), chunk_tokens=32))
+    message = refused(OPRM.from_pretrained(model_dir("mamba2"), not_found="unknown"))
+    assert "not_found: index 'not found', engine 'unknown'" in message and "Rebuild" in message
+    # the same model under another name, with other query-time settings, is the same index
+    same = OPRM.from_pretrained(model_dir("mamba2"), max_batch_tokens=64, criterion="max_prob")
+    assert len(StateIndex.load(tmp_path / "idx", same)) == len(e.chunk(DOCS[:1]))
+
+
+def test_other_format_version_rejected(tuned: Any, tmp_path: Path) -> None:
+    from overflow_core.index import _write_manifest
+
+    e = tuned("mamba2")
+    StateIndex.build(e, DOCS[:1]).save(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / MANIFEST).read_text())
+    _write_manifest(tmp_path / "idx", {**manifest, "format_version": 99}, "0" * 12)  # a valid checksum
+    with pytest.raises(IndexMismatchError, match="version 99"):
+        StateIndex.load(tmp_path / "idx", e)
+
+
+def _shard(folder: Path) -> Path:
+    return sorted(folder.glob("*.safetensors"))[0]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "manifest-truncate", "manifest-edit", "no-manifest"])
+def test_damaged_index_rejected(tuned: Any, tmp_path: Path, damage: str) -> None:
+    e = tuned("mamba2")
+    folder = tmp_path / "idx"
+    StateIndex.build(e, DOCS[:2]).save(folder, shard_bytes=1)
+    shard, manifest = _shard(folder), folder / MANIFEST
+    if damage == "flip":
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        shard.write_bytes(bytes(data))
+        expected = f"shard {shard.name} sha256"
+    elif damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:-100])
+        expected = "truncated"
+    elif damage == "delete":
+        shard.unlink()
+        expected = "missing"
+    elif damage == "manifest-truncate":
+        manifest.write_text(manifest.read_text()[:-50])
+        expected = "truncated or not JSON"
+    elif damage == "manifest-edit":
+        manifest.write_text(manifest.read_text().replace('"doc0.txt"', '"doc9.txt"'))
+        expected = "checksum mismatch"
+    else:
+        manifest.unlink()
+        expected = "found none"
+    with pytest.raises(IndexCorruptError, match=expected):
+        StateIndex.load(folder, e)
+
+
+def test_shard_damaged_after_loading_is_caught_at_query_time(tuned: Any, tmp_path: Path) -> None:
+    e = tuned("mamba2")
+    folder = tmp_path / "idx"
+    StateIndex.build(e, DOCS[:2]).save(folder)
+    index = StateIndex.load(folder, e)
+    index.rank(QUESTION)
+    shard = _shard(folder)
+    data = bytearray(shard.read_bytes())
+    data[-8] ^= 0x01  # last bytes: a state value, not the header
+    shard.write_bytes(bytes(data))
+    with pytest.raises(IndexCorruptError, match="sha256"):
+        index.rank(QUESTION)
+
+
+@pytest.mark.parametrize("where", ["shard", "manifest"])
+def test_interrupted_save_leaves_the_previous_index(
+    tuned: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    import overflow_core.index as index_module
+
+    e = tuned("mamba2")
+    folder = tmp_path / "idx"
+    old = StateIndex.build(e, DOCS[:1])
+    old.save(folder)
+    new = StateIndex.build(e, DOCS)
+    calls = 0
+    real_shard, real_manifest = index_module._write_shard, index_module._write_manifest
+
+    def crash_mid_shard(path: Path, data: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            path.write_bytes(data[: len(data) // 2])  # half a file on disk, then the "crash"
+            raise OSError("simulated crash while writing a shard")
+        real_shard(path, data)
+
+    def crash_in_manifest(target: Path, manifest: Any, tag: str) -> None:
+        (target / f"{MANIFEST}.tmp-{tag}").write_text(json.dumps(manifest)[:100])
+        raise OSError("simulated crash while writing the manifest")
+
+    if where == "shard":
+        monkeypatch.setattr(index_module, "_write_shard", crash_mid_shard)
+    else:
+        monkeypatch.setattr(index_module, "_write_manifest", crash_in_manifest)
+    with pytest.raises(OSError, match="simulated crash"):
+        new.save(folder, shard_bytes=1)
+    survivor = StateIndex.load(folder, e)
+    assert survivor.chunks == old.chunks
+    assert_same_ranking(e.rank(QUESTION, DOCS[:1]), survivor.rank(QUESTION))
+    monkeypatch.setattr(index_module, "_write_shard", real_shard)
+    monkeypatch.setattr(index_module, "_write_manifest", real_manifest)
+    new.save(folder, shard_bytes=1)
+    assert StateIndex.load(folder, e).chunks == new.chunks
+    assert len(list(folder.iterdir())) == len(new) + 1, "leftovers of the failed save are gone after the next one"
+
+
+def test_errors_name_what_was_expected(tuned: Any, tmp_path: Path) -> None:
+    e = tuned("mamba2")
+    index = StateIndex.build(e, DOCS[:1])
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+    with pytest.raises(InputError, match="holds other files"):
+        index.save(tmp_path / "notes")
+    with pytest.raises(InputError, match="is not a folder"):
+        StateIndex.load(tmp_path / "nowhere", e)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="is a file"):
+        index.save(tmp_path / "file")
+    with pytest.raises(InputError, match="question"):
+        index.rank("  ")
+    with pytest.raises(ConfigError, match="k: expected a positive"):
+        index.rank(QUESTION, k=0)
+    with pytest.raises(ConfigError, match="mode"):
+        index.answer(QUESTION, mode="vanilla")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown decoding options"):
+        index.answer(QUESTION, beams=2)
+    with pytest.raises(InputError, match="source: expected"):
+        index.remove(3)  # type: ignore[arg-type]
+    index.remove(lambda c: True)
+    assert len(index) == 0 and index.bytes_per_chunk == 0
+    with pytest.raises(InputError, match="empty index"):
+        index.answer(QUESTION)
+
+
+def test_build_shows_progress(tuned: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    e = tuned("mamba2")
+    via_engine = e.index(DOCS[:1], progress=True)
+    assert isinstance(via_engine, StateIndex) and "indexing" in capsys.readouterr().err
