@@ -74,10 +74,9 @@ def _engine(args: argparse.Namespace) -> Any:
     from overflow_core.engine import OPRM
 
     settings: dict[str, Any] = {}
-    if getattr(args, "chunk_tokens", None):
-        settings["chunk_tokens"] = args.chunk_tokens
-    if getattr(args, "max_batch_tokens", None):
-        settings["max_batch_tokens"] = args.max_batch_tokens
+    for name in ("chunk_tokens", "max_batch_tokens"):
+        if getattr(args, name, None) is not None:
+            settings[name] = getattr(args, name)
     return OPRM.from_pretrained(args.model, device=args.device, **settings)
 
 

@@ -1,0 +1,71 @@
+"""The shipped model folder: loadable offline with no arguments, small, safetensors only, its settings used by the engine;
+and the evaluation and demo commands run end to end on a small sample."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overflow_core import OPRM
+from overflow_core.engine import DEFAULT_MODEL_DIR
+
+pytestmark = pytest.mark.skipif(
+    not (DEFAULT_MODEL_DIR / "model.safetensors").exists(), reason="the bundled model folder is not in this checkout"
+)
+
+
+@pytest.fixture(scope="module")
+def bundled() -> OPRM:
+    return OPRM.from_pretrained()
+
+
+def test_artifact_is_small_safetensors_only_and_loads_with_auto_classes() -> None:
+    files = sorted(p.name for p in DEFAULT_MODEL_DIR.iterdir())
+    assert "model.safetensors" in files and "overflow.json" in files and "tokenizer.json" in files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))], "no pickles in the artifact"
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir())
+    assert size <= 25 * 2**20, f"the bundled model must stay within 25 MB, is {size / 2**20:.1f} MiB"
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR), local_files_only=True)
+    assert tok.chat_template and tok.eos_token == "<|end|>"
+
+
+def test_engine_uses_the_folder_settings(bundled: OPRM) -> None:
+    settings = json.loads((DEFAULT_MODEL_DIR / "overflow.json").read_text())
+    assert bundled.config.chunk_tokens == settings["chunk_tokens"]
+    assert bundled.template.to_dict() == settings["template"]
+    assert bundled.backend.name == "mamba2"
+    nf = bundled.tokenizer.decode([next(iter(bundled.idk_ids))]).strip()
+    assert settings["not_found"].startswith(nf), "the IDK ids must start the not-found phrase"
+
+
+def test_abstains_on_a_chunk_without_the_key(bundled: OPRM) -> None:
+    text = "The morning was cold, and the streets stayed empty. On Monday, the museum announced a new exhibit."
+    answer = bundled.answer("What is the locker number of Nadia Okafor?", [text])
+    assert answer.not_found, f"a chunk of pure filler must abstain, got {answer.text!r}"
+
+
+def test_evaluation_command_runs_on_a_small_sample(tmp_path: Path, capsys: Any) -> None:
+    from overflow_core.training.evaluate import main
+
+    assert main(["--samples", "1", "--absent", "1", "--lengths", "256,1024", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "model_eval.json").read_text())
+    assert {(r["split"], r["tokens"]) for r in result["rows"]} == {
+        ("seen", 256),
+        ("seen", 1024),
+        ("heldout", 256),
+        ("heldout", 1024),
+    }
+    assert (tmp_path / "model_accuracy.png").stat().st_size > 0
+
+
+def test_demo_runs(capsys: Any) -> None:
+    from overflow_core.cli import main
+
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "whole-context inference:" in out and "OPRM:" in out
