@@ -1,7 +1,7 @@
 """``oprm demo``: OPRM next to whole-context inference on a bundled corpus, so a newcomer sees the difference.
 
 The corpus (``corpus/*.txt`` and ``corpus/questions.json``) is four files of records, notes and logs in the style the
-bundled model was trained on, about 9,000 tokens in all (35 times the model's 256-token training length), with the facts
+bundled model was trained on, 6,879 tokens in all (27 times the model's 256-token training length), with the facts
 the questions ask about hidden in them. ``python -m overflow_core.demo --build`` regenerates it from its seed.
 """
 
