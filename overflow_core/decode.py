@@ -81,34 +81,35 @@ class Generation:
         self.forward_tokens = 0  # tokens fed to the model while decoding
 
     def __iter__(self) -> Iterator[str]:
+        # inference mode is entered per step, never across a ``yield``: it is per-thread, and a paused generation may be
+        # resumed from another thread (async adapters) or held by a caller that must not stay in inference mode.
         emitted = 0
         logits = self._logits
-        with torch.inference_mode():
-            while len(self.token_ids) < self._max_new_tokens:
+        while len(self.token_ids) < self._max_new_tokens:
+            with torch.inference_mode():
                 token = int(sample_next(logits, **self._sampling)[0])  # type: ignore[arg-type]
-                if token in self._stop_ids:
-                    self.finish_reason = "stop"
-                    break
-                self.token_ids.append(token)
-                full = self._tokenizer.decode(self.token_ids, skip_special_tokens=True)
-                cut = min((full.find(s) for s in self._stop if s in full), default=-1)
-                if cut >= 0:
-                    self.text = full[:cut]
-                    self.finish_reason = "stop"
-                    break
-                self.text = full
-                safe = len(full) - _held_back(full, self._stop)
-                if full.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
-                    safe = min(safe, len(full) - 1)
-                if safe > emitted:
-                    yield full[emitted:safe]
-                    emitted = safe
-                if len(self.token_ids) < self._max_new_tokens:
+            if token in self._stop_ids:
+                self.finish_reason = "stop"
+                break
+            self.token_ids.append(token)
+            full = self._tokenizer.decode(self.token_ids, skip_special_tokens=True)
+            cut = min((full.find(s) for s in self._stop if s in full), default=-1)
+            if cut >= 0:
+                self.text = full[:cut]
+                self.finish_reason = "stop"
+                break
+            self.text = full
+            safe = len(full) - _held_back(full, self._stop)
+            if full.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
+                safe = min(safe, len(full) - 1)
+            if safe > emitted:
+                yield full[emitted:safe]
+                emitted = safe
+            if len(self.token_ids) < self._max_new_tokens:
+                with torch.inference_mode():
                     logits = self._session.feed(torch.tensor([[token]], device=logits.device))
-                    self.forward_tokens += 1
-            else:
-                self.finish_reason = "length"
-            if self.finish_reason is None:
-                self.finish_reason = "length"
+                self.forward_tokens += 1
+        else:
+            self.finish_reason = "length"
         if len(self.text) > emitted:
             yield self.text[emitted:]

@@ -234,3 +234,17 @@ def test_inference_mode_leaves_no_grad_state(engine: Any, docs: Any) -> None:
     oprm.answer(QUESTION, docs, max_new_tokens=2)
     assert all(p.grad is None for p in oprm.model.parameters())
     assert not torch.is_inference_mode_enabled()
+
+
+def test_a_generation_can_be_resumed_from_another_thread(engine: Any, docs: Any) -> None:
+    """Async adapters advance one generation from several worker threads; inference mode must not span a yield."""
+    oprm = engine("mamba2")
+    ranking = oprm.rank(QUESTION, docs, k=1)
+    prompt = oprm.prompt(ranking.scores[0].chunk.ids, oprm.encode_question(QUESTION))
+    expected = "".join(oprm.complete(prompt, max_new_tokens=6))
+    pieces = iter(oprm.complete(prompt, max_new_tokens=6))
+    first = next(pieces)
+    assert not torch.is_inference_mode_enabled(), "a paused generation must not leave this thread in inference mode"
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        rest = pool.submit(lambda: "".join(pieces)).result()
+    assert first + rest == expected

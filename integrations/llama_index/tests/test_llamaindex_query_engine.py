@@ -135,7 +135,7 @@ async def test_rerank_async_and_duplicate_node_ids(tiny_engine: OPRM) -> None:
 def test_the_settings_guard_catches_a_fallback(tiny_engine: OPRM, settings_guard: list[str]) -> None:
     """The autouse guard (conftest) would fail any test above that touched Settings.llm: show it has teeth."""
     retriever = OverflowRetriever(tiny_engine, tiny_documents())
-    with pytest.raises(AssertionError, match="Settings.llm was used"):
+    with pytest.raises(AssertionError, match=r"Settings\.llm was used"):
         RetrieverQueryEngine.from_args(retriever)  # no llm= given: LlamaIndex reaches for Settings.llm
     assert "llm" in settings_guard
     settings_guard.clear()
