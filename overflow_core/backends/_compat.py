@@ -8,7 +8,6 @@ cache into a flat ``{name: tensor}`` dict (the batch on dim 0) and back, so the 
 from __future__ import annotations
 
 import inspect
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -77,11 +76,12 @@ def tensors_to_cache(config: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return cache
 
 
-@lru_cache(maxsize=64)
-def _forward_parameters(model_class: Any) -> frozenset[str]:
-    return frozenset(inspect.signature(model_class.forward).parameters)
+_FORWARD_PARAMETERS: dict[type, frozenset[str]] = {}
 
 
 def forward_accepts(model: Any, name: str) -> bool:
-    """Whether ``model.forward`` takes the keyword ``name`` explicitly."""
-    return name in _forward_parameters(type(model))
+    """Whether ``model.forward`` takes the keyword ``name`` explicitly (looked up once per model class)."""
+    cls = type(model)
+    if cls not in _FORWARD_PARAMETERS:
+        _FORWARD_PARAMETERS[cls] = frozenset(inspect.signature(cls.forward).parameters)
+    return name in _FORWARD_PARAMETERS[cls]

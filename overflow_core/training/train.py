@@ -57,7 +57,7 @@ class TrainConfig:
     threads: int = 2
 
 
-def build_model(cfg: TrainConfig, tokenizer: Any) -> torch.nn.Module:
+def build_model(cfg: TrainConfig, tokenizer: Any) -> Any:
     from transformers import Mamba2Config, Mamba2ForCausalLM
 
     config = Mamba2Config(
