@@ -229,6 +229,8 @@ def test_small_run_writes_json_and_markdown(engine: Any, tmp_path: Path) -> None
     spec = BenchSpec(
         lengths=(256, 600),
         samples={256: 1, 600: 1},
+        long_from=10_000,
+        index_max_tokens=None,
         sections=("accuracy", "throughput", "questions"),
         throughput_tokens=500,
         throughput_reps=1,
@@ -246,6 +248,8 @@ def test_small_run_writes_json_and_markdown(engine: Any, tmp_path: Path) -> None
     h = result["headline"]
     assert h["longest_length"] == 600 and "oprm_vs_vanilla_prefill_time" in h and "per_question_with_index_s" in h
     assert 0 < result["throughput"]["oprm_roofline"] < 1
+    pl = result["prefill_longest"]
+    assert pl["length"] == 600 and pl["items"] == len(TASKS), "OPRM and vanilla prefill compared on the same items"
     paths = report.write(result, tmp_path, "bench_test", plots=False)
     saved = json.loads((tmp_path / "bench_test.json").read_text())
     assert saved["machine"]["usable_cpus"] >= 1 and saved["gemm"]["flops"] > 0
@@ -255,12 +259,13 @@ def test_small_run_writes_json_and_markdown(engine: Any, tmp_path: Path) -> None
     assert headline(result) == h
 
 
+@pytest.mark.slow
 def test_scaling_point_in_a_subprocess(model_dir: Any) -> None:
     from overflow_core.bench.scaling import run_point
 
     point = run_point({"model": str(model_dir("mamba2")), "tokens": 600, "threads": 1, "max_batch_tokens": 300,
-                       "chunking": True})
-    assert point["chunks"] >= 5 and point["max_batch_tokens"] == 300
+                       "chunking": True, "allocator": "mmap"})
+    assert point["chunks"] >= 5 and point["max_batch_tokens"] == 300 and point["allocator"] == "mmap"
     assert point["rss_peak"] >= point["rss_before"] > 0 and point["prefill_tokens_per_s"] > 0
     assert point["chunking_rss_delta"] >= 0
 
@@ -280,9 +285,32 @@ def test_cli_spec_profiles() -> None:
     from overflow_core.bench.cli import _run_parser, spec_from_args
 
     quick = spec_from_args(_run_parser().parse_args(["--quick"]))
-    assert quick.lengths == (256, 4096) and quick.samples == {256: 2, 4096: 2}
+    assert quick.lengths == (256, 2048) and quick.samples == {256: 1, 2048: 1} and quick.index_max_tokens is None
+    full = spec_from_args(_run_parser().parse_args(["--index-max-tokens", "0"]))
+    assert full.long_from == 100_000 and full.index_max_tokens is None and full.scaling_lengths[-1] >= 2**20
     custom = spec_from_args(_run_parser().parse_args(["--lengths", "300,900", "--samples", "3", "--jsonl", "x"]))
     assert custom.samples == {300: 3, 900: 3} and custom.sections == ("accuracy",)
     with pytest.raises(SystemExit):
         _run_parser().parse_args(["--methods", "oprm,magic"])
     assert sys.executable
+
+
+def test_long_lengths_and_index_limit_and_shared_points(engine: Any) -> None:
+    from overflow_core.bench.runner import Run
+
+    oprm = engine("mamba2")
+    spec = BenchSpec(lengths=(256, 600), samples={256: 1, 600: 1}, long_from=500, long_tasks=("single",),
+                     index_max_tokens=300, sections=("accuracy", "scaling", "memory"), scaling_lengths=(300, 1200),
+                     memory_budgets=(300, 600), memory_tokens=1200, mmap_tokens=None)
+    r = Run(spec, oprm)
+    r.load()
+    assert [i.task for i in r.items if i.length == 600] == ["single"], "long lengths use only the long tasks"
+    scaling, memory = r._point_specs()
+    budget = oprm.config.max_batch_tokens
+    assert [p["max_batch_tokens"] for p in scaling] == [budget, budget]
+    unique = {json.dumps(p, sort_keys=True) for p in scaling + memory}
+    assert len(unique) == 2 + 4
+    methods = len(r.method_names)
+    n_calls = sum(r._runs(i, m) for i in r.items for m in r.method_names)
+    assert n_calls == len(r.items) * methods - sum(i.length > 300 for i in r.items), "oprm+index skipped above 300"
+    assert r.steps() == 1 + n_calls + len(unique)

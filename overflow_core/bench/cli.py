@@ -72,6 +72,12 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-tokens", type=int, default=None, help="input length of the memory section")
     p.add_argument("--budgets", type=_ints, default=None, help="max_batch_tokens values of the memory section")
     p.add_argument("--throughput-tokens", type=int, default=None, help="input length of the throughput section")
+    p.add_argument("--long-from", type=int, default=None,
+                   help="lengths from this on use only the single and absent tasks (full profile: 100000; 0: all tasks)")
+    p.add_argument("--index-max-tokens", type=int, default=None,
+                   help="run oprm+index only on items up to this length (full profile: 16384; 0: no limit)")
+    p.add_argument("--mmap-tokens", type=int, default=None,
+                   help="input length of the memory check with the mmap allocator (0: skip)")
     p.add_argument("--question-tokens", type=int, default=None, help="corpus length of the questions section")
     p.add_argument("--questions", type=int, default=None, help="questions of the questions section")
     p.add_argument("--out", default="docs/results", help="folder for the JSON, Markdown and PNG files")
@@ -97,6 +103,9 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
                       ("questions", "questions")):
         if getattr(args, key) is not None:
             values[attr] = getattr(args, key)
+    for key in ("long_from", "index_max_tokens", "mmap_tokens"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key) or None
     if args.sections is not None:
         values["sections"] = args.sections
     elif args.jsonl:
@@ -167,6 +176,8 @@ def _rank_memory(argv: Sequence[str]) -> int:
     p.add_argument("--tokens", type=int, default=200_000, help="length of the long input")
     p.add_argument("--budgets", type=_ints, default=(4096, 16384, 65536), help="max_batch_tokens values")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--allocator", choices=("glibc", "mmap"), default="glibc",
+                   help="glibc defaults, or MALLOC_MMAP_THRESHOLD_=131072 (RSS then tracks the memory held)")
     p.add_argument("--json", action="store_true", help="print the points as JSON")
     args = p.parse_args(list(argv))
     points = []
@@ -174,7 +185,8 @@ def _rank_memory(argv: Sequence[str]) -> int:
           f"{'peak RSS':>10}  {'peak - before':>13}", flush=True)
     for budget in args.budgets:
         for tokens in (budget, args.tokens):
-            pt = run_point({"model": args.model, "tokens": tokens, "threads": args.threads, "max_batch_tokens": budget})
+            pt = run_point({"model": args.model, "tokens": tokens, "threads": args.threads, "max_batch_tokens": budget,
+                            "allocator": args.allocator})
             points.append(pt)
             print(f"{budget:>16,}  {pt['context_tokens']:>12,}  {pt['chunks']:>6}  {pt['rank_s']:>7.2f}  "
                   f"{pt['rss_before'] / MiB:>7,.0f} MiB  {pt['rss_peak'] / MiB:>6,.0f} MiB  "

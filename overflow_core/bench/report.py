@@ -184,12 +184,20 @@ def markdown(result: dict[str, Any], images: Sequence[str] = ()) -> str:
         )
     mem = result.get("rank_memory")
     if mem:
-        lines += ["## Peak memory of rank vs max_batch_tokens (one fresh process per point)", ""]
+        lines += [
+            "## Peak memory of rank vs max_batch_tokens (one fresh process per point)",
+            "",
+            "`glibc`: the C library's default allocator settings, as a user's process runs. `mmap`: "
+            "`MALLOC_MMAP_THRESHOLD_=131072`, so every allocation of 128 KiB or more is returned to the system when "
+            "freed; RSS then tracks the memory the engine holds, without heap memory glibc keeps after frees.",
+            "",
+        ]
         lines += _table(
-            ["max_batch_tokens", "input", "context tokens", "rank s", "RSS before MiB", "peak RSS MiB", "peak Δ MiB"],
+            ["max_batch_tokens", "allocator", "input", "context tokens", "rank s", "RSS before MiB", "peak RSS MiB",
+             "peak Δ MiB"],
             [
-                [f"{p['max_batch_tokens']:,}", p["input"], f"{p['context_tokens']:,}", _f(p["rank_s"], ".2f"),
-                 _mib(p["rss_before"]), _mib(p["rss_peak"]), _mib(p["rss_delta"])]
+                [f"{p['max_batch_tokens']:,}", p.get("allocator", "glibc"), p["input"], f"{p['context_tokens']:,}",
+                 _f(p["rank_s"], ".2f"), _mib(p["rss_before"]), _mib(p["rss_peak"]), _mib(p["rss_delta"])]
                 for p in mem
             ],
         )
@@ -215,6 +223,15 @@ def headline_lines(result: dict[str, Any]) -> list[str]:
             f"OPRM+index {_pct(h['oprm_index_em_all'])}, embedding RAG {_pct(h['embedding_rag_em_all'])}, BM25 RAG "
             f"{_pct(h['bm25_rag_em_all'])}, vanilla {_pct(h['vanilla_em_all'])}."
         )
+    pl = h.get("prefill_longest")
+    if pl:
+        out.append(
+            f"Prefill on the same {_length(pl['length'])}-token inputs ({pl['items']} items, both methods): OPRM "
+            f"{pl['oprm_prefill_s']:.1f} s vs vanilla {pl['vanilla_prefill_s']:.1f} s per item, time ratio "
+            f"{pl['oprm_vs_vanilla_prefill_time']:.2f}x ({pl['oprm_prefill_tokens_per_s']:,.0f} vs "
+            f"{pl['vanilla_prefill_tokens_per_s']:,.0f} tok/s; roofline fraction OPRM {_pct(pl['oprm_roofline'])}, "
+            f"vanilla {_pct(pl['vanilla_roofline'])})."
+        )
     if "oprm_prefill_s" in h:
         out.append(
             f"Prefill on the same {h['prefill_tokens']:,}-token input: OPRM {h['oprm_prefill_s']:.2f} s "
@@ -226,8 +243,9 @@ def headline_lines(result: dict[str, Any]) -> list[str]:
         out.append(
             f"{h['questions']} questions on one corpus: {h['per_question_with_index_s']:.3f} s per question with the index "
             f"(build amortised) vs {h['per_question_without_index_s']:.3f} s without ({h['index_speedup_at_n']:.1f}x); "
-            f"a query alone is {h['index_query_speedup']:.1f}x faster; the index pays off from "
-            f"{h['index_break_even_questions']} question(s)."
+            f"a query alone is {h['index_query_speedup']:.1f}x faster; "
+            + (f"the index pays off from {h['index_break_even_questions']} question(s)."
+               if h["index_break_even_questions"] else f"the index does not pay off within {h['questions']} questions.")
         )
     if "scaling_max_tokens" in h:
         out.append(
@@ -235,11 +253,15 @@ def headline_lines(result: dict[str, Any]) -> list[str]:
             f"x{h['scaling_token_ratio']:.1f} tokens; peak RSS Δ between {_mib(h['scaling_rss_delta_min'])} and "
             f"{_mib(h['scaling_rss_delta_max'])} MiB."
         )
-    for p in h.get("rank_memory", []):
+    mem = h.get("rank_memory", [])
+    for p in mem:
+        one = next((q for q in mem if q["input"] == "one batch" and q["max_batch_tokens"] == p["max_batch_tokens"]
+                    and q["allocator"] == p["allocator"]), None)
         if p["input"] == "long":
             out.append(
-                f"rank over {p['context_tokens']:,} tokens at max_batch_tokens {p['max_batch_tokens']:,}: peak RSS "
-                f"{_mib(p['rss_peak'])} MiB, {_mib(p['rss_delta'])} MiB above the {_mib(p['rss_before'])} MiB before."
+                f"rank over {p['context_tokens']:,} tokens, max_batch_tokens {p['max_batch_tokens']:,} ({p['allocator']}): "
+                f"peak RSS {_mib(p['rss_peak'])} MiB, {_mib(p['rss_delta'])} MiB above the {_mib(p['rss_before'])} MiB "
+                "before" + (f"; {_mib(one['rss_delta'])} MiB for an input of one micro-batch." if one else ".")
             )
     return out
 
@@ -319,17 +341,23 @@ def plot(result: dict[str, Any], folder: Path, name: str) -> list[Path]:
         save(fig, "questions")
     mem = result.get("rank_memory")
     if mem:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        budgets = sorted({p["max_batch_tokens"] for p in mem})
+        fig, ax = plt.subplots(figsize=(7, 4))
+        groups = sorted({(p.get("allocator", "glibc"), p["max_batch_tokens"]) for p in mem})
         width = 0.38
         for k, (kind, colour) in enumerate((("one batch", "tab:gray"), ("long", "tab:green"))):
-            vals = [next((p["rss_delta"] / MiB for p in mem if p["max_batch_tokens"] == b and p["input"] == kind), 0)
-                    for b in budgets]
-            label = "input of one micro-batch" if kind == "one batch" else (
-                f"{max(p['context_tokens'] for p in mem if p['input'] == 'long'):,}-token input")
-            ax.bar([i + (k - 0.5) * width for i in range(len(budgets))], vals, width, color=colour, label=label)
-        ax.set_xticks(range(len(budgets)), [f"{b:,}" for b in budgets])
-        ax.set_xlabel("max_batch_tokens")
+            vals, labels = [], []
+            for alloc, b in groups:
+                match = [p for p in mem if p["max_batch_tokens"] == b and p["input"] == kind
+                         and p.get("allocator", "glibc") == alloc]
+                vals.append(match[0]["rss_delta"] / MiB if match else 0)
+                labels.append(f"{match[0]['context_tokens']:,}" if match else "")
+            label = "input of about one micro-batch" if kind == "one batch" else "long input"
+            xs = [i + (k - 0.5) * width for i in range(len(groups))]
+            ax.bar(xs, vals, width, color=colour, label=label)
+            for x, v, t in zip(xs, vals, labels, strict=True):
+                ax.text(x, v, f"{t}\ntok", ha="center", va="bottom", fontsize=6)
+        ax.set_xticks(range(len(groups)), [f"{b:,}\n{a}" for a, b in groups])
+        ax.set_xlabel("max_batch_tokens / allocator")
         ax.set_ylabel("peak RSS Δ during rank (MiB)")
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)

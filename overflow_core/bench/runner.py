@@ -14,7 +14,9 @@ The GEMM peak used by the roofline fraction is measured at the start of the run,
 
 from __future__ import annotations
 
+import json
 import logging
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,20 +43,24 @@ class BenchSpec:
     model: str | None = None
     tasks: tuple[str, ...] = TASKS
     lengths: tuple[int, ...] = (256, 2048, 16384, 131072)
-    samples: dict[int, int] = field(default_factory=lambda: {256: 8, 2048: 8, 16384: 5, 131072: 3})
+    samples: dict[int, int] = field(default_factory=lambda: {256: 3, 2048: 3, 16384: 1, 131072: 1})
     methods: tuple[str, ...] = METHODS
     jsonl: str | None = None
     split: str = "train"
     seed: int = BENCH_SEED
     threads: int | None = None
     sections: tuple[str, ...] = SECTIONS
-    throughput_tokens: int = 65536
-    throughput_reps: int = 3
-    question_tokens: int = 32768
-    questions: int = 8
-    scaling_lengths: tuple[int, ...] = (4096, 16384, 65536, 262144, 1048576)
+    long_from: int | None = None  # lengths >= this use only ``long_tasks`` (to fit a time budget)
+    long_tasks: tuple[str, ...] = ("single", "absent")
+    index_max_tokens: int | None = None  # the oprm+index method runs only on items up to this length
+    throughput_tokens: int = 16384
+    throughput_reps: int = 2
+    question_tokens: int = 16384
+    questions: int = 6
+    scaling_lengths: tuple[int, ...] = (16384, 200_000, 1_048_576)
     memory_tokens: int = 200_000
-    memory_budgets: tuple[int, ...] = (4096, 16384, 65536)
+    memory_budgets: tuple[int, ...] = (4096, 16384)
+    mmap_tokens: int | None = 65536  # also measure rank with the "mmap" allocator at the default budget (None: skip)
     gemm_sizes: tuple[int, ...] = (1024, 2048)
 
     def __post_init__(self) -> None:
@@ -68,19 +74,22 @@ class BenchSpec:
             raise ConfigError(f"samples: expected a count for every length, missing {missing}")
 
 
-QUICK = dict(
-    lengths=(256, 4096),
-    samples={256: 2, 4096: 2},
-    throughput_tokens=16384,
-    throughput_reps=2,
-    question_tokens=8192,
-    questions=4,
-    scaling_lengths=(4096, 16384, 65536),
-    memory_tokens=50_000,
+# Profiles, sized for a 2-core CPU and the bundled model (about 2,000 prefill tokens/s there): ``oprm bench --quick``
+# within 3 minutes, ``oprm bench`` within 30.
+QUICK: dict[str, Any] = dict(
+    lengths=(256, 2048),
+    samples={256: 1, 2048: 1},
+    throughput_tokens=8192,
+    throughput_reps=1,
+    question_tokens=4096,
+    questions=3,
+    scaling_lengths=(4096, 16384, 32768),
+    memory_tokens=32768,
     memory_budgets=(4096, 16384),
+    mmap_tokens=None,
     gemm_sizes=(1024,),
 )
-FULL: dict[str, Any] = {}
+FULL: dict[str, Any] = dict(long_from=100_000, index_max_tokens=16384)
 
 
 def _chunk_ref(chunk: Any) -> dict[str, Any] | None:
@@ -140,6 +149,7 @@ class Run:
             logger.warning("overflow_core.index is not importable: skipping the oprm+index method")
         self.method_names = tuple(names)
         self.items: list[Item] = []
+        self._points: dict[str, dict[str, Any]] = {}
 
     def load(self) -> None:
         """Load the model (unless given) and build the items."""
@@ -155,29 +165,61 @@ class Run:
             if self.spec.jsonl:
                 self.items = load_jsonl(self.spec.jsonl, self.oprm.tokenizer)
             else:
-                self.items = generate_all(
-                    self.spec.tasks,
-                    self.spec.lengths,
-                    self.spec.samples,
-                    self.oprm.tokenizer,
-                    seed=self.spec.seed,
-                    split=self.spec.split,
-                    not_found=self.oprm.config.not_found,
-                )
+                s = self.spec
+                for length in s.lengths:
+                    long = s.long_from is not None and length >= s.long_from
+                    tasks = [t for t in s.tasks if t in s.long_tasks] if long else list(s.tasks)
+                    self.items += generate_all(
+                        tasks,
+                        [length],
+                        s.samples,
+                        self.oprm.tokenizer,
+                        seed=s.seed,
+                        split=s.split,
+                        not_found=self.oprm.config.not_found,
+                    )
+
+    def _runs(self, item: Item, method: str) -> bool:
+        limit = self.spec.index_max_tokens
+        return not (method == "oprm+index" and limit is not None and item.length > limit)
+
+    def _point_specs(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The subprocess points of the scaling and memory sections. A point both need (same settings) runs once."""
+        s = self.spec
+        default = self.oprm.config.max_batch_tokens
+
+        def point(tokens: int, budget: int, allocator: str = "glibc") -> dict[str, Any]:
+            return {"model": s.model, "tokens": tokens, "threads": s.threads, "seed": s.seed, "chunking": True,
+                    "max_batch_tokens": budget, "allocator": allocator}
+
+        scaling = [point(n, default) for n in s.scaling_lengths] if "scaling" in s.sections else []
+        memory: list[dict[str, Any]] = []
+        if "memory" in s.sections:
+            memory = [point(n, b) for b in s.memory_budgets for n in (b, s.memory_tokens)]
+            if s.mmap_tokens:
+                memory += [point(default, default, "mmap"), point(s.mmap_tokens, default, "mmap")]
+        return scaling, memory
 
     def steps(self) -> int:
         s = self.spec
         n = 1  # GEMM peak
         if "accuracy" in s.sections:
-            n += len(self.items) * len(self.method_names)
+            n += sum(self._runs(i, m) for i in self.items for m in self.method_names)
         n += int("throughput" in s.sections)
         if "questions" in s.sections and self.has_index:
             n += s.questions + 1
-        if "scaling" in s.sections:
-            n += len(s.scaling_lengths)
-        if "memory" in s.sections:
-            n += 2 * len(s.memory_budgets)
+        scaling, memory = self._point_specs()
+        n += len({json.dumps(p, sort_keys=True) for p in scaling + memory})
         return n
+
+    def _point(self, spec: dict[str, Any], tick: Step, label: str) -> dict[str, Any]:
+        from overflow_core.bench.scaling import run_point
+
+        key = json.dumps(spec, sort_keys=True)
+        if key not in self._points:
+            tick(label)
+            self._points[key] = run_point(spec)
+        return dict(self._points[key])
 
     def execute(self, step: Step | None = None) -> dict[str, Any]:
         tick: Step = step or (lambda _desc: None)
@@ -222,30 +264,21 @@ class Run:
                 )
             else:
                 result["questions"] = {"skipped": "overflow_core.index is not importable"}
-        if "scaling" in s.sections:
-            from overflow_core.bench.scaling import run_point
-
-            points = []
-            for n in s.scaling_lengths:
-                tick(f"scaling: rank over {n:,} tokens (subprocess)")
-                points.append(
-                    run_point({"model": s.model, "tokens": n, "threads": s.threads, "seed": s.seed, "chunking": True})
-                )
-            result["scaling"] = points
-        if "memory" in s.sections:
-            from overflow_core.bench.scaling import run_point
-
+        scaling, memory = self._point_specs()
+        if scaling:
+            result["scaling"] = [
+                self._point(p, tick, f"scaling: rank over {p['tokens']:,} tokens (subprocess)") for p in scaling
+            ]
+        if memory:
             rows = []
-            for budget in s.memory_budgets:
-                for tokens in (budget, s.memory_tokens):
-                    tick(f"memory: rank over {tokens:,} tokens, max_batch_tokens={budget:,} (subprocess)")
-                    point = run_point(
-                        {"model": s.model, "tokens": tokens, "threads": s.threads, "seed": s.seed,
-                         "max_batch_tokens": budget}
-                    )
-                    point["input"] = "one batch" if tokens == budget else "long"
-                    rows.append(point)
+            for p in memory:
+                label = f"memory: rank over {p['tokens']:,} tokens, budget {p['max_batch_tokens']:,}, {p['allocator']}"
+                row = self._point(p, tick, label)
+                row["input"] = "one batch" if p["tokens"] == p["max_batch_tokens"] else "long"
+                rows.append(row)
             result["rank_memory"] = rows
+        if "records" in result:
+            result["prefill_longest"] = prefill_at_longest(result)
         result["seconds"] = time.time() - started
         result["headline"] = headline(result)
         return result
@@ -261,6 +294,8 @@ class Run:
         records = []
         for item in self.items:
             for m in methods:
+                if not self._runs(item, m.name):
+                    continue
                 tick(f"{m.name}: {item.task} @ {item.length:,} tokens")
                 with PeakRss() as rss:
                     out = m.run(item)
@@ -283,6 +318,35 @@ def _pooled(result: dict[str, Any], method: str, length: int | None = None) -> d
     if not recs:
         return None
     return metrics.aggregate([{**r, "all": 0} for r in recs], ("all",))[0]
+
+
+def prefill_at_longest(result: dict[str, Any]) -> dict[str, Any] | None:
+    """OPRM vs vanilla prefill on the same inputs: the items of the longest length that both methods ran."""
+    recs = result.get("records", [])
+    if not recs:
+        return None
+    longest = max(r["length"] for r in recs)
+    by = {(r["item"], r["method"]): r for r in recs if r["length"] == longest}
+    items = sorted({i for i, m in by if m == "oprm" and (i, "vanilla") in by})
+    if not items:
+        return None
+    o = [by[(i, "oprm")] for i in items]
+    v = [by[(i, "vanilla")] for i in items]
+    o_s, v_s = sum(r["prefill_s"] for r in o), sum(r["prefill_s"] for r in v)
+    o_tps, v_tps = sum(r["prompt_tokens"] for r in o) / o_s, sum(r["prompt_tokens"] for r in v) / v_s
+    peak, fpt = result["gemm"]["flops"], result["model"]["flops_per_token"]
+    return {
+        "length": longest,
+        "items": len(items),
+        "context_tokens": statistics.fmean(r["context_tokens"] for r in o),
+        "oprm_prefill_s": o_s / len(items),
+        "vanilla_prefill_s": v_s / len(items),
+        "oprm_vs_vanilla_prefill_time": o_s / v_s,
+        "oprm_prefill_tokens_per_s": o_tps,
+        "vanilla_prefill_tokens_per_s": v_tps,
+        "oprm_roofline": metrics.roofline_fraction(fpt, o_tps, peak),
+        "vanilla_roofline": metrics.roofline_fraction(fpt, v_tps, peak),
+    }
 
 
 def headline(result: dict[str, Any]) -> dict[str, Any]:
@@ -319,11 +383,15 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
         h["index_speedup_at_n"] = last["without_index_s"] / last["with_index_s"]
         h["index_query_speedup"] = q["median_full_answer_s"] / q["median_index_answer_s"]
         h["index_break_even_questions"] = q["break_even_questions"]
+    pl = result.get("prefill_longest")
+    if pl:
+        h["prefill_longest"] = pl
     mem = result.get("rank_memory")
     if mem:
         h["rank_memory"] = [
             {
                 "max_batch_tokens": p["max_batch_tokens"],
+                "allocator": p["allocator"],
                 "input": p["input"],
                 "context_tokens": p["context_tokens"],
                 "rss_before": p["rss_before"],

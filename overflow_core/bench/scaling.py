@@ -23,7 +23,7 @@ from typing import Any
 
 from overflow_core.bench.memory import PeakRss, current_rss, max_rss
 
-__all__ = ["length_point", "question_scaling", "run_point", "throughput"]
+__all__ = ["ALLOCATORS", "length_point", "question_scaling", "run_point", "throughput"]
 
 logger = logging.getLogger("overflow_core.bench")
 WARM_QUESTION = "What is the locker number of Alice Baker?"
@@ -97,9 +97,25 @@ def length_point(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_point(spec: dict[str, Any], timeout_s: float = 900) -> dict[str, Any]:
-    """Run :func:`length_point` in a fresh interpreter and return its result."""
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+ALLOCATORS = {
+    "glibc": {},  # the C library's defaults: what a user's process gets
+    # every allocation of 128 KiB or more is its own mapping, returned to the system when freed: RSS then follows the
+    # memory the engine actually holds, without what glibc's heap keeps after frees (its threshold otherwise grows)
+    "mmap": {"MALLOC_MMAP_THRESHOLD_": "131072"},
+}
+
+
+def run_point(spec: dict[str, Any], timeout_s: float = 1800) -> dict[str, Any]:
+    """Run :func:`length_point` in a fresh interpreter and return its result.
+
+    ``spec["allocator"]`` (``"glibc"``, the default, or ``"mmap"``) picks the C allocator's settings (:data:`ALLOCATORS`).
+    """
+    allocator = spec.get("allocator", "glibc")
+    if allocator not in ALLOCATORS:
+        raise ValueError(f"allocator: expected one of {', '.join(ALLOCATORS)}, got {allocator!r}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.update({"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    env.update(ALLOCATORS[allocator])
     proc = subprocess.run(
         [sys.executable, "-m", "overflow_core.bench.scaling", json.dumps(spec)],
         capture_output=True,
@@ -113,6 +129,7 @@ def run_point(spec: dict[str, Any], timeout_s: float = 900) -> dict[str, Any]:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise RuntimeError(f"scaling point {spec} failed (exit {proc.returncode}): " + " | ".join(tail))
     result: dict[str, Any] = json.loads(lines[-1])
+    result["allocator"] = allocator
     return result
 
 
