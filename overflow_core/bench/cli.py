@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -134,14 +135,19 @@ def _run(argv: Sequence[str]) -> int:
         progress_mod.TimeElapsedColumn(),
     )
     with progress_mod.Progress(*columns, console=console, disable=args.no_progress) as bar:
-        task = bar.add_task("starting", total=runner.steps())
-        state = {"first": True}
+        total = runner.steps()
+        task = bar.add_task("starting", total=total)
+        state = {"done": -1}
+        t0 = time.monotonic()
 
         def step(description: str) -> None:
-            if not state["first"]:
+            if state["done"] >= 0:
                 bar.advance(task)
-            state["first"] = False
+            state["done"] += 1
             bar.update(task, description=description)
+            if not console.is_terminal and not args.no_progress:  # a log file gets one line per step instead of a bar
+                console.print(f"[{time.monotonic() - t0:7.1f} s] {state['done'] + 1}/{total} {description}",
+                              highlight=False)
 
         result = runner.execute(step)
         bar.advance(task)
