@@ -76,7 +76,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--long-from", type=int, default=None,
                    help="lengths from this on use only the single and absent tasks (full profile: 100000; 0: all tasks)")
     p.add_argument("--index-max-tokens", type=int, default=None,
-                   help="run oprm+index only on items up to this length (full profile: 16384; 0: no limit)")
+                   help="run oprm+index only on items up to this length (full profile: 2048; 0: no limit)")
     p.add_argument("--mmap-tokens", type=int, default=None,
                    help="input length of the memory check with the mmap allocator (0: skip)")
     p.add_argument("--question-tokens", type=int, default=None, help="corpus length of the questions section")

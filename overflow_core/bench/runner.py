@@ -89,7 +89,7 @@ QUICK: dict[str, Any] = dict(
     mmap_tokens=None,
     gemm_sizes=(1024,),
 )
-FULL: dict[str, Any] = dict(long_from=100_000, index_max_tokens=16384)
+FULL: dict[str, Any] = dict(long_from=100_000, index_max_tokens=2048)
 
 
 def _chunk_ref(chunk: Any) -> dict[str, Any] | None:
