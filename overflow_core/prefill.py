@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from overflow_core.backends.base import Backend, State
+from overflow_core.memory import release_freed_memory
 
 __all__ = ["PrefillBatch", "pad_left", "plan_batches", "prefill"]
 
@@ -68,17 +69,23 @@ def prefill(
     pad_id: int,
     device: str | torch.device = "cpu",
     on_batch: Callable[[int], None] | None = None,
+    release_memory: bool = True,
 ) -> Iterator[PrefillBatch]:
     """Run every prompt, one micro-batch at a time, yielding each batch's logits and state.
 
     The caller keeps what it needs (a few rows' states, or only the scores) and drops the rest, which is what keeps the
     memory of a long input bounded. ``on_batch(real_tokens)`` is called after each batch (for progress bars).
+    ``release_memory`` gives the batch's freed activations back to the system before the next batch (CPU only; see
+    :mod:`overflow_core.memory`), so the heap does not grow with the number of batches.
     """
+    trim = release_memory and torch.device(device).type == "cpu"
     lengths = [len(p) for p in prompts]
     for rows in plan_batches(lengths, max_batch_tokens):
         ids, mask = pad_left([prompts[i] for i in rows], pad_id)
         with torch.inference_mode():
             logits, state = backend.prefill(ids.to(device), mask.to(device))
+        if trim:
+            release_freed_memory()
         if on_batch is not None:
             on_batch(int(mask.sum()))
         yield PrefillBatch(rows=rows, logits=logits, state=state, padded_tokens=int(ids.numel()))

@@ -88,3 +88,35 @@ def test_state_cache_longest_prefix_and_byte_bound() -> None:
     disabled = StateCache(0)
     disabled.put([1], _state(4), logits)
     assert len(disabled) == 0
+
+
+class _CountingBackend:
+    """Stands in for a model: logits of zeros, a state of the row count."""
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return torch.zeros(ids.shape[0], 4), ids.shape[0]
+
+
+@pytest.mark.parametrize("release", [True, False])
+def test_prefill_gives_freed_memory_back_after_every_micro_batch(monkeypatch: pytest.MonkeyPatch, release: bool) -> None:
+    import overflow_core.prefill as prefill_module
+
+    calls: list[int] = []
+    monkeypatch.setattr(prefill_module, "release_freed_memory", lambda: calls.append(1) or True)
+    prompts = [[1] * 30, [1] * 40, [1] * 50, [1] * 60]
+    batches = list(
+        prefill_module.prefill(_CountingBackend(), prompts, max_batch_tokens=100, pad_id=0, release_memory=release)  # type: ignore[arg-type]
+    )
+    assert sorted(r for b in batches for r in b.rows) == [0, 1, 2, 3]
+    assert len(calls) == (len(batches) if release else 0)
+
+
+def test_release_freed_memory_reports_whether_it_could() -> None:
+    import sys
+
+    from overflow_core.memory import release_freed_memory
+
+    done = release_freed_memory()
+    assert isinstance(done, bool)
+    if sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc":
+        assert done

@@ -16,18 +16,17 @@ during the phase.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import resource
 import sys
 import threading
 from types import TracebackType
 
+from overflow_core.memory import release_freed_memory
+
 __all__ = ["PeakRss", "current_rss", "max_rss", "trim"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-_LIBC: ctypes.CDLL | bool | None = False  # False: not looked up yet
 
 
 def max_rss() -> int:
@@ -47,17 +46,7 @@ def current_rss() -> int:
 
 def trim() -> bool:
     """Give freed heap memory back to the system (glibc ``malloc_trim(0)``); False where that is not available."""
-    global _LIBC
-    if _LIBC is False:
-        name = ctypes.util.find_library("c")
-        try:
-            _LIBC = ctypes.CDLL(name) if name else None
-        except OSError:
-            _LIBC = None
-    if _LIBC is None or not hasattr(_LIBC, "malloc_trim"):
-        return False
-    _LIBC.malloc_trim(0)  # type: ignore[union-attr]
-    return True
+    return release_freed_memory()
 
 
 class PeakRss:
