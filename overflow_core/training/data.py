@@ -467,37 +467,41 @@ class Curriculum:
     absent_rate: float = 0.4
     hard_negative_rate: float = 0.6  # of absent questions: a similar key or the same key with another attribute
     distractor_rate: float = 0.5  # facts about keys similar to a queried one
+    decoration_rate: float = 1.0  # facts that may get an opening ("Note: ") and an ending (" Nobody disputes this.")
     questions: int = 4
 
     @classmethod
     def at(cls, progress: float) -> Curriculum:
         """Easy first, hard last. Recall must take off before abstention is asked for (``shared/TRAINING_NOTES.md``, run 3:
         many absent questions and hard negatives from step one collapse a small model onto "not found"), so absent
-        questions start rare and easy and ramp up only in the second half."""
+        questions start rare and easy and ramp up only in the second half. The first quarter is the shape that got recall
+        off the ground in minutes in the calibration runs: one or two plainly phrased facts and at most one filler sentence."""
         p = min(max(progress, 0.0), 1.0)
-        if p < 0.2:
+        if p < 0.25:  # a fact or two and at most a filler sentence, plain phrasings: the copy mechanism forms here
             return cls(
                 max_facts=2,
                 min_chars=0,
-                max_chars=300,
+                max_chars=160,
                 empty_rate=0.0,
                 absent_rate=0.1,
                 hard_negative_rate=0.0,
                 distractor_rate=0.0,
+                decoration_rate=0.0,
                 questions=4,
             )
-        if p < 0.45:
+        if p < 0.5:
             return cls(
                 max_facts=4,
                 min_chars=50,
-                max_chars=600,
+                max_chars=550,
                 empty_rate=0.03,
                 absent_rate=0.2,
                 hard_negative_rate=0.3,
                 distractor_rate=0.25,
+                decoration_rate=0.5,
                 questions=5,
             )
-        ramp = (p - 0.45) / 0.55
+        ramp = (p - 0.5) / 0.5
         return cls(
             max_facts=8,
             min_chars=100,
@@ -545,9 +549,11 @@ class FactWorld:
             return f"{parts[0]} {r.choice(LAST)}" if r.random() < 0.5 else f"{r.choice(FIRST)} {parts[1]}"
         return f"{' '.join(parts[:-1])} {r.choice(WORDS).capitalize()}" if len(parts) > 1 else self.key(r)
 
-    def fact(self, r: random.Random, key: str, attr: str) -> Fact:
+    def fact(self, r: random.Random, key: str, attr: str, decorate: bool = True) -> Fact:
         value = self.attributes[attr](r)
         core = r.choice(self.cores).format(key=key, attr=attr, value=value)
+        if not decorate:
+            return Fact(key=key, attr=attr, value=value, sentence=core[0].upper() + core[1:])
         opening = r.choice(FACT_OPENINGS)
         if opening and not core.startswith((key, value)):
             core = core[0].lower() + core[1:]
@@ -562,7 +568,7 @@ class FactWorld:
         return Question(text=text[0].upper() + text[1:], answer=answer, key=key, attr=attr, present=present)
 
     # -- samples --------------------------------------------------------------------------------------------------------
-    def facts(self, r: random.Random, n: int, distractor_rate: float) -> list[Fact]:
+    def facts(self, r: random.Random, n: int, distractor_rate: float, decoration_rate: float = 1.0) -> list[Fact]:
         out: list[Fact] = []
         used: set[tuple[str, str]] = set()
         attrs = list(self.attributes)
@@ -577,7 +583,7 @@ class FactWorld:
             if (key, attr) in used:
                 continue
             used.add((key, attr))
-            out.append(self.fact(r, key, attr))
+            out.append(self.fact(r, key, attr, decorate=r.random() < decoration_rate))
         return out
 
     def absent_question(self, r: random.Random, facts: list[Fact], hard_rate: float) -> Question:
@@ -621,7 +627,7 @@ class FactWorld:
         """One context with ``curriculum.questions`` questions. ``n_facts=0`` gives a fact-free context."""
         if n_facts is None:
             n_facts = 0 if r.random() < curriculum.empty_rate else r.randint(1, curriculum.max_facts)
-        facts = self.facts(r, n_facts, curriculum.distractor_rate)
+        facts = self.facts(r, n_facts, curriculum.distractor_rate, curriculum.decoration_rate)
         if target_chars is None:
             target_chars = r.randint(curriculum.min_chars, curriculum.max_chars)
         context = self.document(r, facts, target_chars)
