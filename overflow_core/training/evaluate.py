@@ -10,6 +10,18 @@ attributes and filler never used in training):
 - OPRM's hit rate (the chosen chunk holds the needle) and per-chunk abstention: the share of chunks without the needle
   that the IDK filter dropped.
 
+Several questions share one haystack: it holds up to ``--needles`` needle facts in different documents, and as many
+absent questions as needed are asked of it too. Each haystack is read once per method, and each question then costs only
+its own tokens:
+
+- OPRM through a :class:`~overflow_core.index.StateIndex` built over the haystack (``oprm.index(documents)``), which gives
+  the same scores and answers as ``oprm.answer(question, documents)`` (``tests/test_index.py`` ties them together);
+- vanilla through the state after ``prefix + whole context + infix`` (``oprm.vanilla_state``), put in the engine's state
+  cache so that ``oprm.complete(full prompt)`` feeds only the question: the same tokens as
+  ``oprm.answer(question, documents, mode="vanilla")``.
+
+``tests/test_bundled_model.py`` checks both shortcuts against the direct calls.
+
 Usage::
 
     python -m overflow_core.training.evaluate --quick                 # minutes: a small sample
@@ -20,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import random
 import time
@@ -29,7 +42,7 @@ from typing import Any
 
 from overflow_core.training.data import Curriculum, Fact, FactWorld, Question
 
-__all__ = ["Haystack", "evaluate", "main", "make_haystack"]
+__all__ = ["Haystack", "SharedHaystack", "evaluate", "main", "make_haystack", "make_shared_haystack"]
 
 EVAL_SEED = 987_654_321  # never used by training (training draws from seed * 1_000_003 + step)
 
@@ -45,10 +58,10 @@ def _tokens(tokenizer: Any, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def make_haystack(
-    world: FactWorld, rng: random.Random, tokenizer: Any, target_tokens: int, *, present: bool, doc_tokens: int = 220
-) -> Haystack:
-    """Documents totalling about ``target_tokens`` tokens; one holds the needle when ``present``."""
+def _filler_documents(
+    world: FactWorld, rng: random.Random, tokenizer: Any, target_tokens: int, doc_tokens: int
+) -> tuple[list[tuple[str, dict[str, str]]], list[Fact]]:
+    """Documents of filler and 0-3 facts each (with distractors about similar keys), about ``target_tokens`` in all."""
     docs: list[tuple[str, dict[str, str]]] = []
     facts: list[Fact] = []
     total = 0
@@ -65,27 +78,105 @@ def make_haystack(
         docs.append((text, {"source": f"doc{len(docs):04d}"}))
         facts.extend(doc_facts)
         total += n_tok
+    return docs, facts
+
+
+def _new_pair(world: FactWorld, rng: random.Random, used: set[tuple[str, str]]) -> tuple[str, str]:
+    for _ in range(100):
+        key, attr = world.key(rng), rng.choice(list(world.attributes))
+        if (key, attr) not in used:
+            break
+    return key, attr
+
+
+def _insert(rng: random.Random, text: str, sentence: str) -> str:
+    sentences = text.split(". ")
+    cut = rng.randint(0, len(sentences))
+    return ". ".join([*sentences[:cut], sentence.rstrip("."), *sentences[cut:]])
+
+
+def make_haystack(
+    world: FactWorld, rng: random.Random, tokenizer: Any, target_tokens: int, *, present: bool, doc_tokens: int = 220
+) -> Haystack:
+    """Documents totalling about ``target_tokens`` tokens; one holds the needle when ``present``."""
+    docs, facts = _filler_documents(world, rng, tokenizer, target_tokens, doc_tokens)
     used = {(f.key, f.attr) for f in facts}
     if present:
-        for _ in range(100):
-            key, attr = world.key(rng), rng.choice(list(world.attributes))
-            if (key, attr) not in used:
-                break
-        needle = world.fact(rng, key, attr)
+        needle = world.fact(rng, *_new_pair(world, rng, used))
         where = rng.randrange(len(docs))
         text, meta = docs[where]
-        sentences = text.split(". ")
-        cut = rng.randint(0, len(sentences))
-        merged = ". ".join([*sentences[:cut], needle.sentence.rstrip("."), *sentences[cut:]])
-        docs[where] = (merged, meta)
+        docs[where] = (_insert(rng, text, needle.sentence), meta)
         question = world.question(rng, needle.key, needle.attr, needle.value, present=True)
         return Haystack(docs, question, needle)
     question = world.absent_question(rng, facts, hard_rate=0.7)
     return Haystack(docs, question, None)
 
 
+@dataclass(frozen=True)
+class SharedHaystack:
+    """Documents with ``len(needles)`` needle facts in different documents; ``questions[i]`` asks for ``needles[i]``, or
+    for nothing present when ``needles[i]`` is None."""
+
+    documents: list[tuple[str, dict[str, str]]]
+    questions: list[Question]
+    needles: list[Fact | None]
+
+
+def make_shared_haystack(
+    world: FactWorld,
+    rng: random.Random,
+    tokenizer: Any,
+    target_tokens: int,
+    *,
+    needles: int,
+    absent: int,
+    doc_tokens: int = 220,
+) -> SharedHaystack:
+    """Like :func:`make_haystack`, with up to ``needles`` needles (at most one per document) and ``absent`` questions
+    about (key, attribute) pairs stated nowhere: a similar name, or a present key with another attribute."""
+    docs, facts = _filler_documents(world, rng, tokenizer, target_tokens, doc_tokens)
+    used = {(f.key, f.attr) for f in facts}
+    placed: list[Fact] = []
+    for d in rng.sample(range(len(docs)), min(needles, len(docs))):
+        key, attr = _new_pair(world, rng, used)
+        used.add((key, attr))
+        needle = world.fact(rng, key, attr)
+        text, meta = docs[d]
+        docs[d] = (_insert(rng, text, needle.sentence), meta)
+        placed.append(needle)
+    questions = [world.question(rng, f.key, f.attr, f.value, present=True) for f in placed]
+    for _ in range(absent):
+        for _ in range(100):
+            q = world.absent_question(rng, facts + placed, hard_rate=0.7)
+            if (q.key, q.attr) not in used:
+                break
+        questions.append(q)
+    return SharedHaystack(docs, questions, [*placed, *([None] * absent)])
+
+
 def _normalise(text: str) -> str:
     return " ".join(text.strip().strip(".").lower().split())
+
+
+def _vanilla_reader(oprm: Any, documents: list[tuple[str, dict[str, str]]]) -> Any:
+    """``ask(question) -> (text, not_found)`` for vanilla inference over ``documents``, reading them once.
+
+    The prompt is the one ``oprm.answer(question, documents, mode="vanilla")`` builds; its question-independent head
+    (prefix + whole context + infix) is prefilled once and put in the engine's state cache, so ``oprm.complete`` feeds
+    only the question and suffix."""
+    from overflow_core.chunking import encode_text
+
+    context_ids = encode_text(oprm.tokenizer, "\n\n".join(text.strip() for text, _ in documents))
+    head = oprm.context_prompt(context_ids)
+    session, logits = oprm.vanilla_state(head)
+    oprm.state_cache.put(head, session.state(), logits)
+
+    def ask(question: str) -> tuple[str, bool]:
+        generation = oprm.complete(oprm.prompt(context_ids, oprm.encode_question(question)))
+        text = "".join(generation).strip()
+        return text, text.lower().startswith(oprm.config.not_found.strip().lower())
+
+    return ask
 
 
 def evaluate(
@@ -95,46 +186,65 @@ def evaluate(
     samples: int,
     absent_samples: int,
     vanilla_max_tokens: int,
+    needles: int = 10,
     seed: int = EVAL_SEED,
     log: Any = None,
 ) -> dict[str, Any]:
-    """Run the evaluation; returns ``{"rows": [...], ...}`` with one row per (split, length)."""
+    """Run the evaluation; returns ``{"rows": [...]}`` with one row per (split, length).
+
+    ``samples`` present and ``absent_samples`` absent questions per row, asked of shared haystacks of up to ``needles``
+    needles each (one needle per document at most, so short lengths use more haystacks)."""
     rows = []
     for split, world_split in (("seen", "train"), ("heldout", "heldout")):
         world = FactWorld(world_split, not_found=oprm.config.not_found)  # type: ignore[arg-type]
         for length in lengths:
             rng = random.Random(f"{seed}-{split}-{length}")
             stats: dict[str, list[float]] = {k: [] for k in ("oprm_em", "vanilla_em", "hit", "oprm_nf", "vanilla_nf")}
-            abstain_num = abstain_den = 0
+            abstain_num = abstain_den = chunks = haystacks = 0
+            todo_present, todo_absent = samples, absent_samples
+            run_vanilla = length <= vanilla_max_tokens
             t0 = time.time()
-            for i in range(samples + absent_samples):
-                present = i < samples
-                hay = make_haystack(world, rng, oprm.tokenizer, length, present=present)
-                q = hay.question
-                answer = oprm.answer(q.text, hay.documents)
-                assert answer.ranking is not None
-                for s in answer.ranking.scores:
-                    if hay.needle is None or hay.needle.value not in s.chunk.text:
-                        abstain_den += 1
-                        abstain_num += int(s.idk)
-                run_vanilla = length <= vanilla_max_tokens
-                vanilla = oprm.answer(q.text, hay.documents, mode="vanilla") if run_vanilla else None
-                if present:
-                    stats["oprm_em"].append(float(_normalise(answer.text) == _normalise(q.answer)))
-                    best = answer.ranking.best
-                    stats["hit"].append(float(best is not None and q.answer in best.chunk.text))
-                    if vanilla is not None:
-                        stats["vanilla_em"].append(float(_normalise(vanilla.text) == _normalise(q.answer)))
-                else:
-                    stats["oprm_nf"].append(float(answer.not_found))
-                    if vanilla is not None:
-                        stats["vanilla_nf"].append(float(vanilla.not_found))
+            while todo_present > 0 or todo_absent > 0:
+                n_present = min(needles, todo_present)
+                # absent questions ride along in proportion; once the needles are done, they fill whole haystacks
+                share = math.ceil(n_present * absent_samples / samples) if samples and n_present else needles
+                n_absent = min(todo_absent, share)
+                hay = make_shared_haystack(world, rng, oprm.tokenizer, length, needles=n_present, absent=n_absent)
+                placed = sum(n is not None for n in hay.needles)
+                todo_present -= placed
+                todo_absent -= n_absent
+                haystacks += 1
+                index = oprm.index(hay.documents)
+                vanilla = _vanilla_reader(oprm, hay.documents) if run_vanilla else None
+                for q, needle in zip(hay.questions, hay.needles, strict=True):
+                    answer = index.answer(q.text)
+                    assert answer.ranking is not None
+                    chunks = len(answer.ranking.scores)
+                    for sc in answer.ranking.scores:
+                        if needle is None or needle.value not in sc.chunk.text:
+                            abstain_den += 1
+                            abstain_num += int(sc.idk)
+                    v_text, v_nf = vanilla(q.text) if vanilla is not None else ("", False)
+                    if needle is not None:
+                        stats["oprm_em"].append(float(_normalise(answer.text) == _normalise(q.answer)))
+                        best = answer.ranking.best
+                        stats["hit"].append(float(best is not None and needle.value in best.chunk.text))
+                        if vanilla is not None:
+                            stats["vanilla_em"].append(float(_normalise(v_text) == _normalise(q.answer)))
+                    else:
+                        stats["oprm_nf"].append(float(answer.not_found))
+                        if vanilla is not None:
+                            stats["vanilla_nf"].append(float(v_nf))
+                oprm.state_cache.clear()
+                if placed == 0 and n_absent == 0:
+                    break
             row = {
                 "split": split,
                 "tokens": length,
-                "chunks": len(answer.ranking.scores),
-                "samples": samples,
-                "absent_samples": absent_samples,
+                "chunks": chunks,
+                "haystacks": haystacks,
+                "samples": len(stats["oprm_em"]),
+                "absent_samples": len(stats["oprm_nf"]),
                 **{k: (round(sum(v) / len(v), 4) if v else None) for k, v in stats.items()},
                 "chunk_abstention": round(abstain_num / abstain_den, 5) if abstain_den else None,
                 "seconds": round(time.time() - t0, 1),
@@ -183,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--absent", type=int, default=None, help="absent questions per split and length (default half)")
     parser.add_argument("--lengths", default=None, help="comma-separated token lengths")
     parser.add_argument("--vanilla-max-tokens", type=int, default=70_000, help="skip vanilla above this length")
+    parser.add_argument("--needles", type=int, default=10, help="needles (present questions) per shared haystack")
     parser.add_argument("--out", default=None, help="folder for model_eval.json and model_accuracy.png")
     args = parser.parse_args(argv)
 
@@ -211,7 +322,13 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     result = evaluate(
-        oprm, lengths, samples=samples, absent_samples=absent, vanilla_max_tokens=args.vanilla_max_tokens, log=log
+        oprm,
+        lengths,
+        samples=samples,
+        absent_samples=absent,
+        vanilla_max_tokens=args.vanilla_max_tokens,
+        needles=args.needles,
+        log=log,
     )
     result.update(
         {

@@ -1,0 +1,46 @@
+"""The bundled model's data and evaluation helpers: shared haystacks, and the evaluation's shortcuts equal the direct calls."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from overflow_core.training.data import FactWorld
+from overflow_core.training.evaluate import _vanilla_reader, make_shared_haystack
+
+
+def test_shared_haystack_places_each_needle_once_and_absent_questions_match_nothing(engine: Any) -> None:
+    oprm = engine("mamba2")
+    world = FactWorld("train")
+    hay = make_shared_haystack(world, random.Random(1), oprm.tokenizer, 2000, needles=4, absent=3)
+    text = "\n".join(t for t, _ in hay.documents)
+    placed = [n for n in hay.needles if n is not None]
+    assert len(placed) == 4 and len(hay.questions) == 7
+    for needle, q in zip(hay.needles, hay.questions, strict=True):
+        if needle is not None:
+            assert text.count(needle.sentence.rstrip(".")) == 1
+            assert q.present and q.answer == needle.value and (q.key, q.attr) == (needle.key, needle.attr)
+        else:
+            assert not q.present and q.answer == world.not_found
+            assert (q.key, q.attr) not in {(n.key, n.attr) for n in placed}
+    docs_with_needles = [t for t, _ in hay.documents if any(n.sentence.rstrip(".") in t for n in placed)]
+    assert len(docs_with_needles) == 4, "at most one needle per document"
+
+
+def test_evaluation_shortcuts_equal_the_direct_calls(engine: Any) -> None:
+    """The index answers as ``oprm.answer`` does, and the cached vanilla head answers as ``mode="vanilla"`` does."""
+    oprm = engine("mamba2", chunk_tokens=64, max_new_tokens=6)
+    hay = make_shared_haystack(FactWorld("heldout"), random.Random(2), oprm.tokenizer, 600, needles=2, absent=1)
+    index = oprm.index(hay.documents)
+    ask = _vanilla_reader(oprm, hay.documents)
+    try:
+        for q in hay.questions:
+            direct = oprm.answer(q.text, hay.documents)
+            via_index = index.answer(q.text)
+            assert via_index.text == direct.text and via_index.not_found == direct.not_found
+            assert via_index.ranking is not None and direct.ranking is not None
+            assert [s.chunk.index for s in via_index.ranking.scores] == [s.chunk.index for s in direct.ranking.scores]
+            vanilla = oprm.answer(q.text, hay.documents, mode="vanilla")
+            assert ask(q.text) == (vanilla.text, vanilla.not_found)
+    finally:
+        oprm.state_cache.clear()
