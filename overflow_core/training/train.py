@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m overflow_core.training.train --run runs/default --steps 2200 --seed 0
+    python -m overflow_core.training.train --run runs/default --steps 2000 --seed 0
     python -m overflow_core.training.train --run runs/default --export overflow_core/models/default   # after training
 
 The recipe follows ``shared/TRAINING_NOTES.md``: an easy start (few facts, short contexts) with loss on every token (context
@@ -38,7 +38,7 @@ __all__ = ["TrainConfig", "encode_sample", "export", "train"]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2200
+    steps: int = 2000
     batch_size: int = 16
     lr: float = 2.5e-3
     min_lr_ratio: float = 0.1
