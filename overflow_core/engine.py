@@ -25,7 +25,7 @@ from overflow_core.errors import ConfigError, InputError, ModelLoadError, Unsupp
 from overflow_core.prefill import prefill
 from overflow_core.prompting import PromptTemplate, build_template, encode_template, not_found_token_ids
 from overflow_core.state_cache import StateCache
-from overflow_core.types import Answer, Chunk, ChunkScore, Document, Ranking, Timings, Usage, as_documents
+from overflow_core.types import Answer, Chunk, Document, Ranking, Timings, Usage, as_documents
 
 __all__ = ["DEFAULT_MODEL_DIR", "OPRM", "Mode"]
 
@@ -235,12 +235,8 @@ class OPRM:
             t0 = time.perf_counter()
             t_select += t0 - t1
         t1 = time.perf_counter()
-        order = scoring.rank_order(
-            entropies, probs, idk, criterion=self.config.criterion, idk_filter=self.config.idk_filter
-        )
-        scores = tuple(
-            ChunkScore(chunk=chunks[i], rank=r, entropy=float(entropies[i]), top_prob=float(probs[i]), idk=bool(idk[i]))
-            for r, i in enumerate(order)
+        scores = scoring.rank_chunks(
+            chunks, entropies, probs, idk, criterion=self.config.criterion, idk_filter=self.config.idk_filter
         )
         t_select += time.perf_counter() - t1
         for i, (state, logits) in kept.items():

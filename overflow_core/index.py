@@ -47,7 +47,7 @@ from overflow_core.backends.base import State
 from overflow_core.engine import OPRM, _AnswerStream, _Scored
 from overflow_core.errors import ConfigError, IndexCorruptError, IndexMismatchError, InputError
 from overflow_core.prefill import plan_batches, prefill
-from overflow_core.types import Answer, Chunk, ChunkScore, Ranking, Timings, Usage
+from overflow_core.types import Answer, Chunk, Ranking, Timings, Usage
 
 __all__ = ["DEFAULT_SHARD_BYTES", "FORMAT", "FORMAT_VERSION", "MANIFEST", "StateIndex"]
 
@@ -513,11 +513,9 @@ class StateIndex:
             t0 = time.perf_counter()
             t_select += t0 - t1
         t1 = time.perf_counter()
-        order = scoring.rank_order(entropies, probs, idk, criterion=e.config.criterion, idk_filter=e.config.idk_filter)
         chunks = self.chunks
-        scores = tuple(
-            ChunkScore(chunk=chunks[i], rank=r, entropy=float(entropies[i]), top_prob=float(probs[i]), idk=bool(idk[i]))
-            for r, i in enumerate(order)
+        scores = scoring.rank_chunks(
+            chunks, entropies, probs, idk, criterion=e.config.criterion, idk_filter=e.config.idk_filter
         )
         prompts = {i: e.prompt(chunks[i].ids, q_ids) for i in kept}
         for i, (state, last) in kept.items():

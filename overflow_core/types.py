@@ -85,18 +85,20 @@ class Chunk:
 
 @dataclass(frozen=True)
 class ChunkScore:
-    """How one chunk scored for a question. Lower ``entropy`` is more confident; ``score`` is higher-is-better."""
+    """How one chunk scored for a question. Lower ``entropy`` is more confident.
+
+    ``score`` is higher-is-better (what retriever frameworks expect) and sorts exactly as ``rank``: ``-entropy`` (or the
+    top-token probability with ``criterion="max_prob"``), minus :data:`overflow_core.scoring.ABSTAIN_PENALTY` (1000)
+    when the model abstains on the chunk and the IDK filter is on. So a framework that re-sorts by score, or cuts at a
+    score threshold, never puts a chunk that says "not found" above one that answers.
+    """
 
     chunk: Chunk
     rank: int  # 0 is best
     entropy: float
     top_prob: float
     idk: bool  # the model's most likely first token starts the not-found answer
-
-    @property
-    def score(self) -> float:
-        """Higher is better: ``-entropy`` (what retriever frameworks expect)."""
-        return -self.entropy
+    score: float
 
     def to_dict(self) -> dict[str, Any]:
         return {

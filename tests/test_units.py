@@ -120,3 +120,24 @@ def test_release_freed_memory_reports_whether_it_could() -> None:
     assert isinstance(done, bool)
     if sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc":
         assert done
+
+
+@pytest.mark.parametrize("criterion", ["entropy", "max_prob"])
+def test_chunk_scores_sort_exactly_as_ranks_with_abstainers_last(criterion: str) -> None:
+    from overflow_core.scoring import ABSTAIN_PENALTY, rank_chunks
+    from overflow_core.types import Chunk
+
+    chunks = [Chunk(index=i, doc_index=0, text=f"c{i}", start=0, end=2, ids=(i,)) for i in range(4)]
+    # chunk 0 abstains with the most confident distribution of all: it must still come last, and score lowest
+    ent = torch.tensor([0.01, 1.5, 0.7, 2.0])
+    probs = torch.tensor([0.99, 0.4, 0.6, 0.2])
+    idk = torch.tensor([True, False, False, False])
+    scores = rank_chunks(chunks, ent, probs, idk, criterion=criterion, idk_filter=True)
+    assert [s.chunk.index for s in scores] == [2, 1, 3, 0]
+    assert [s.rank for s in scores] == [0, 1, 2, 3]
+    values = [s.score for s in scores]
+    assert values == sorted(values, reverse=True)
+    expected = -0.01 - ABSTAIN_PENALTY if criterion == "entropy" else 0.99 - ABSTAIN_PENALTY
+    assert scores[-1].score == pytest.approx(expected)
+    unfiltered = rank_chunks(chunks, ent, probs, idk, criterion=criterion, idk_filter=False)
+    assert unfiltered[0].chunk.index == 0, "without the IDK filter the confident abstainer wins"

@@ -19,8 +19,9 @@ class OverflowReranker(BaseDocumentCompressor):
     Each candidate is its own document for the engine: it is scored as ``prompt + document + question``, in micro-batches
     of at most the engine's ``max_batch_tokens``, so a large candidate set stays within the engine's memory budget. A
     candidate longer than ``chunk_tokens`` is chunked and scored by its best chunk. The output keeps each Document
-    (``page_content``, ``id`` and every metadata field) and adds ``metadata["relevance_score"]`` (``-entropy``, higher is
-    better) and ``metadata["not_found"]``; abstaining documents come after every answering one whatever their score.
+    (``page_content``, ``id`` and every metadata field) and adds ``metadata["relevance_score"]`` (``-entropy``, minus
+    1000 on abstainers; higher is better) and ``metadata["not_found"]``; abstaining documents come after every answering
+    one, and their scores are lower.
 
     Example:
         >>> from langchain_classic.retrievers import ContextualCompressionRetriever

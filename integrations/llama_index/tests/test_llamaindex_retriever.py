@@ -35,7 +35,7 @@ def test_retrieve_returns_top_k_scored_nodes_best_first(tiny_engine: OPRM) -> No
     assert scores == sorted(scores, reverse=True), "score must be higher-is-better, best first"
     for rank, hit in enumerate(hits):
         meta = hit.node.metadata
-        assert hit.score == pytest.approx(-meta[ENTROPY_KEY])
+        assert hit.score == pytest.approx(-meta[ENTROPY_KEY] - (1000.0 if meta[IDK_KEY] else 0.0))
         assert meta[RANK_KEY] == rank
         assert isinstance(meta[IDK_KEY], bool)
         shown = hit.node.get_content(metadata_mode=MetadataMode.LLM)

@@ -15,7 +15,7 @@ __all__ = ["OverflowRerank"]
 
 
 class OverflowRerank(BaseNodePostprocessor):
-    """Keep the ``top_n`` nodes the model is surest about, best first, with ``score = -entropy``.
+    """Keep the ``top_n`` nodes the model is surest about, best first, with ``score = -entropy`` (minus 1000 on abstainers).
 
     Each node's LLM text is scored as ``prompt + node + question`` in one batched prefill; nodes whose first answer
     token starts "not found" go last. ``oprm_entropy``, ``oprm_rank`` and ``oprm_idk`` go into the metadata, hidden from

@@ -82,7 +82,8 @@ def _merge(keys: Sequence[str], extra: Sequence[str]) -> list[str]:
 
 
 def ranking_to_nodes(ranking: Ranking, nodes: Mapping[str, BaseNode]) -> list[NodeWithScore]:
-    """``NodeWithScore`` per ranked chunk, best first; ``score`` is ``-entropy`` (higher is better)."""
+    """``NodeWithScore`` per ranked chunk, best first; ``score`` is ``ChunkScore.score`` (``-entropy``, minus 1000 on
+    abstainers; higher is better)."""
     out = []
     for score in ranking.scores:
         key: Any = score.chunk.metadata.get(_SOURCE)
