@@ -11,6 +11,8 @@ from overflow_core.config import OPRMConfig
 from overflow_core.engine import OPRM
 from overflow_core.errors import (
     ConfigError,
+    IndexBusyError,
+    IndexConflictError,
     IndexCorruptError,
     IndexMismatchError,
     InputError,
@@ -30,6 +32,8 @@ __all__ = [
     "ChunkScore",
     "ConfigError",
     "Document",
+    "IndexBusyError",
+    "IndexConflictError",
     "IndexCorruptError",
     "IndexMismatchError",
     "InputError",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "IndexBusyError",
+    "IndexConflictError",
     "IndexCorruptError",
     "IndexError_",
     "IndexMismatchError",
@@ -44,3 +46,11 @@ class IndexMismatchError(IndexError_, ValueError):
 
 class IndexCorruptError(IndexError_, OSError):
     """An index on disk is truncated or its checksums do not match."""
+
+
+class IndexBusyError(IndexError_, TimeoutError):
+    """Another writer held an index folder's lock for longer than the save was willing to wait."""
+
+
+class IndexConflictError(IndexError_, RuntimeError):
+    """An index folder was changed by another writer since this index was loaded or saved there."""

@@ -36,6 +36,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +46,14 @@ import torch
 from overflow_core import scoring
 from overflow_core.backends.base import State
 from overflow_core.engine import OPRM, _AnswerStream, _Scored
-from overflow_core.errors import ConfigError, IndexCorruptError, IndexMismatchError, InputError
+from overflow_core.errors import (
+    ConfigError,
+    IndexBusyError,
+    IndexConflictError,
+    IndexCorruptError,
+    IndexMismatchError,
+    InputError,
+)
 from overflow_core.prefill import plan_batches, prefill
 from overflow_core.types import Answer, Chunk, Ranking, Timings, Usage
 
@@ -56,6 +64,7 @@ logger = logging.getLogger("overflow_core")
 FORMAT = "overflow-state-index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+LOCK = ".writer.lock"  # the advisory lock file writers hold while saving (see _writer_lock)
 DEFAULT_SHARD_BYTES = 256 * 2**20
 _SHARD_NAME = re.compile(r"^states-[0-9a-f]{12}-\d{5}\.safetensors$")
 _TMP_MANIFEST = re.compile(rf"^{re.escape(MANIFEST)}\.tmp-[0-9a-f]{{12}}$")
@@ -211,10 +220,12 @@ def _write_shard(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _write_manifest(folder: Path, manifest: Mapping[str, Any], tag: str) -> None:
-    """Write ``manifest.json`` atomically: a durable temporary file, then ``os.replace`` (the commit point)."""
+def _write_manifest(folder: Path, manifest: Mapping[str, Any], tag: str) -> str:
+    """Write ``manifest.json`` atomically: a durable temporary file, then ``os.replace`` (the commit point).
+    Returns the manifest's checksum, which identifies this version of the index."""
     body = {k: v for k, v in manifest.items() if k != "checksum"}
-    text = json.dumps({**body, "checksum": _sha256(_canonical(body))}, ensure_ascii=False, allow_nan=False)
+    checksum = _sha256(_canonical(body))
+    text = json.dumps({**body, "checksum": checksum}, ensure_ascii=False, allow_nan=False)
     tmp = folder / f"{MANIFEST}.tmp-{tag}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -222,6 +233,39 @@ def _write_manifest(folder: Path, manifest: Mapping[str, Any], tag: str) -> None
         os.fsync(f.fileno())
     os.replace(tmp, folder / MANIFEST)
     _fsync_dir(folder)
+    return checksum
+
+
+@contextmanager
+def _writer_lock(folder: Path, timeout_s: float) -> Iterator[None]:
+    """Hold the folder's advisory writer lock (``flock`` on :data:`LOCK`) while the block runs.
+
+    Writers in other processes (or on other handles in this one) wait for it, up to ``timeout_s``. Readers never take it:
+    a commit is one ``os.replace`` of the manifest. Where ``fcntl`` is missing (Windows) there is no lock, and two
+    concurrent writers to one folder are not supported.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise IndexBusyError(
+                        f"index {folder}: another writer has held {LOCK} for more than {timeout_s:g} s; nothing was "
+                        "written. Retry later, or pass a longer lock_timeout_s"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _file_sha256(path: Path) -> str:
@@ -331,6 +375,7 @@ class StateIndex:
         self._slots: list[_Slot] = []
         self._documents = 0
         self._folder: Path | None = None
+        self._checksum: str | None = None  # the manifest version this index was loaded from or last saved as
         self._shards: dict[str, _Shard] = {}
         self._verified: dict[str, tuple[int, int]] = {}  # shard -> (size, mtime_ns) when its sha256 last matched
 
@@ -587,7 +632,7 @@ class StateIndex:
         self._verified[name] = (st.st_size, st.st_mtime_ns)
 
     # -- persistence ----------------------------------------------------------------------------------------------------
-    def save(self, path: str | Path, *, shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+    def save(self, path: str | Path, *, shard_bytes: int = DEFAULT_SHARD_BYTES, lock_timeout_s: float = 60.0) -> None:
         """Write the index to the folder ``path``: safetensors shards of at most about ``shard_bytes`` and a JSON manifest.
 
         Atomic: new shards get new names, and replacing ``manifest.json`` is the commit. An error or a crash before that
@@ -597,14 +642,28 @@ class StateIndex:
 
         Afterwards the states live on disk only (memory is released), as in a loaded index; so ``add`` + ``save`` in a
         loop builds an index larger than RAM.
+
+        Concurrent writers: a save holds the folder's writer lock (waiting up to ``lock_timeout_s``, then
+        :class:`IndexBusyError`), and saving back to the folder this index came from fails with
+        :class:`IndexConflictError` when another writer committed there in between (load it again and redo the change),
+        instead of silently dropping that writer's work.
         """
         if shard_bytes < 1:
             raise ConfigError(f"shard_bytes: expected a positive size, got {shard_bytes}")
         folder = Path(path)
         _check_target(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        with _writer_lock(folder, lock_timeout_s):
+            self._save_locked(folder, shard_bytes)
+
+    def _save_locked(self, folder: Path, shard_bytes: int) -> None:
         tag = uuid.uuid4().hex[:12]
         same = self._folder is not None and folder.resolve() == self._folder.resolve()
+        if same and self._checksum is not None and _current_checksum(folder) != self._checksum:
+            raise IndexConflictError(
+                f"index {folder} was changed by another writer since this index was loaded or saved there; nothing was "
+                "written. Load it again (StateIndex.load) and redo the change"
+            )
         alive: dict[str, int] = {}
         for s in self._slots:
             if s.shard is not None:
@@ -657,7 +716,7 @@ class StateIndex:
             _fsync_dir(folder)
             shards = [self._shards[name] for name in sorted(keep)] + written
             locations = {i: placed.get(i, (s.shard or "", s.row)) for i, s in enumerate(self._slots)}
-            _write_manifest(folder, self._manifest(shards, locations), tag)
+            checksum = _write_manifest(folder, self._manifest(shards, locations), tag)
         except BaseException:
             for shard in written:
                 (folder / shard.file).unlink(missing_ok=True)
@@ -668,6 +727,7 @@ class StateIndex:
             s.shard, s.row = locations[i]
             s.state = None
         self._folder = folder
+        self._checksum = checksum
         self._shards = {s.file: s for s in shards}
         for shard in written:
             st = (folder / shard.file).stat()
@@ -738,6 +798,7 @@ class StateIndex:
             )
         index = cls(engine)
         index._folder = folder
+        index._checksum = str(manifest["checksum"])
         try:
             shards = [_Shard(str(s["file"]), str(s["sha256"]), int(s["bytes"]), int(s["rows"])) for s in manifest["shards"]]
             index._shards = {s.file: s for s in shards}
@@ -769,12 +830,24 @@ def _check_target(folder: Path) -> None:
     if folder.exists() and not folder.is_dir():
         raise InputError(f"path: expected a folder for the index, {str(folder)!r} is a file")
     if folder.is_dir() and not (folder / MANIFEST).exists():
-        others = [p.name for p in folder.iterdir() if not (_SHARD_NAME.match(p.name) or _TMP_MANIFEST.match(p.name))]
+        others = [
+            p.name
+            for p in folder.iterdir()
+            if not (_SHARD_NAME.match(p.name) or _TMP_MANIFEST.match(p.name) or p.name == LOCK)
+        ]
         if others:
             raise InputError(
                 f"path: expected a new folder or an existing state index, {str(folder)!r} holds other files "
                 f"({', '.join(sorted(others)[:3])})"
             )
+
+
+def _current_checksum(folder: Path) -> str | None:
+    """The checksum of the manifest now in ``folder``, or None when there is none (or it is unreadable)."""
+    try:
+        return str(json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("checksum"))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:
@@ -796,7 +869,7 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
             f"index {folder}: {MANIFEST} checksum mismatch (expected {str(stored)[:16]}..., got {actual[:16]}...): "
             "the manifest was modified or damaged"
         )
-    return data
+    return {**data, "checksum": actual}
 
 
 def _verify_shard(path: Path, info: _Shard) -> None:

@@ -18,8 +18,17 @@ from typing import Any
 import pytest
 import torch
 
-from overflow_core import OPRM, ConfigError, IndexCorruptError, IndexMismatchError, InputError, Ranking
-from overflow_core.index import MANIFEST, StateIndex
+from overflow_core import (
+    OPRM,
+    ConfigError,
+    IndexBusyError,
+    IndexConflictError,
+    IndexCorruptError,
+    IndexMismatchError,
+    InputError,
+    Ranking,
+)
+from overflow_core.index import LOCK, MANIFEST, StateIndex
 from overflow_core.reference import reference_greedy, reference_last_logits
 from overflow_core.testing import FAMILIES, make_tokenizer_dir, sample_documents
 
@@ -158,7 +167,7 @@ def test_save_load_round_trip(tuned: Any, tmp_path: Path) -> None:
     assert {"model", "tokenizer", "shards", "chunks", "format_version", "checksum"} <= set(manifest)
     assert_same_ranking(index.rank(QUESTION), loaded.rank(QUESTION))
     assert loaded.path == tmp_path / "idx" and "chunks=" in repr(loaded)
-    no_pickle = [p for p in (tmp_path / "idx").iterdir() if p.suffix not in (".safetensors", ".json")]
+    no_pickle = [p for p in (tmp_path / "idx").iterdir() if p.suffix not in (".safetensors", ".json") and p.name != LOCK]
     assert not no_pickle, f"only safetensors shards and the JSON manifest belong in an index, found {no_pickle}"
 
 
@@ -328,7 +337,8 @@ def test_interrupted_save_leaves_the_previous_index(
     monkeypatch.setattr(index_module, "_write_manifest", real_manifest)
     new.save(folder, shard_bytes=1)
     assert StateIndex.load(folder, e).chunks == new.chunks
-    assert len(list(folder.iterdir())) == len(new) + 1, "leftovers of the failed save are gone after the next one"
+    leftovers = [p for p in folder.iterdir() if p.name != LOCK]
+    assert len(leftovers) == len(new) + 1, "leftovers of the failed save are gone after the next one"
 
 
 def test_errors_name_what_was_expected(tuned: Any, tmp_path: Path) -> None:
@@ -363,3 +373,45 @@ def test_build_shows_progress(tuned: Any, capsys: pytest.CaptureFixture[str]) ->
     e = tuned("mamba2")
     via_engine = e.index(DOCS[:1], progress=True)
     assert isinstance(via_engine, StateIndex) and "indexing" in capsys.readouterr().err
+
+
+def test_a_second_writer_cannot_silently_drop_the_first_writers_commit(tuned: Any, tmp_path: Path) -> None:
+    """Two handles on one folder: the first commit wins; the stale second one is refused and the folder stays whole."""
+    e = tuned("mamba2")
+    folder = tmp_path / "idx"
+    StateIndex.build(e, DOCS[:1]).save(folder)
+    first, second = StateIndex.load(folder, e), StateIndex.load(folder, e)
+    first.add(DOCS[1:2])
+    first.save(folder)
+    second.add(DOCS[2:3])
+    with pytest.raises(IndexConflictError, match="changed by another writer"):
+        second.save(folder)
+    loaded = StateIndex.load(folder, e)  # every shard still there, checksums match
+    assert loaded.chunks == e.chunk(DOCS[:2])
+    assert_same_ranking(e.rank(QUESTION, DOCS[:2]), loaded.rank(QUESTION))
+    first.remove("doc0.txt")  # the writer that committed last can go on
+    first.save(folder)
+    assert StateIndex.load(folder, e).chunks == e.chunk(DOCS[1:2])
+
+
+def test_save_waits_for_the_writer_lock_and_gives_up_cleanly(tuned: Any, tmp_path: Path) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    import os
+
+    e = tuned("mamba2")
+    folder = tmp_path / "idx"
+    index = StateIndex.build(e, DOCS[:1])
+    index.save(folder)
+    manifest = (folder / MANIFEST).read_bytes()
+    index.add(DOCS[1:2])
+    fd = os.open(folder / LOCK, os.O_RDWR)  # another writer (a separate open file: flock excludes it like a process)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(IndexBusyError, match="another writer"):
+            index.save(folder, lock_timeout_s=0.2)
+        assert (folder / MANIFEST).read_bytes() == manifest, "a refused save writes nothing"
+    finally:
+        os.close(fd)
+    index.save(folder, lock_timeout_s=0.2)
+    assert StateIndex.load(folder, e).chunks == e.chunk(DOCS[:2])
+
