@@ -216,7 +216,12 @@ class OPRM:
         padded = done = 0
         t0 = time.perf_counter()
         for batch in prefill(
-            self.backend, prompts, max_batch_tokens=self.config.max_batch_tokens, pad_id=self.pad_id, device=self.device
+            self.backend,
+            prompts,
+            max_batch_tokens=self.config.max_batch_tokens,
+            pad_id=self.pad_id,
+            device=self.device,
+            release_memory=self.config.release_memory,
         ):
             t1 = time.perf_counter()
             t_prefill += t1 - t0

@@ -405,7 +405,12 @@ class StateIndex:
         slots: list[_Slot | None] = [None] * len(chunks)
         with tqdm(total=sum(len(p) for p in prompts), unit="tok", desc="indexing", disable=not progress) as bar:
             for batch in prefill(
-                e.backend, prompts, max_batch_tokens=e.config.max_batch_tokens, pad_id=e.pad_id, device=e.device
+                e.backend,
+                prompts,
+                max_batch_tokens=e.config.max_batch_tokens,
+                pad_id=e.pad_id,
+                device=e.device,
+                release_memory=e.config.release_memory,
             ):
                 for j, i in enumerate(batch.rows):
                     state = _to_device(e.backend.select(batch.state, [j]), torch.device("cpu"))

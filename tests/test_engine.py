@@ -248,3 +248,16 @@ def test_a_generation_can_be_resumed_from_another_thread(engine: Any, docs: Any)
     with ThreadPoolExecutor(max_workers=1) as pool:
         rest = pool.submit(lambda: "".join(pieces)).result()
     assert first + rest == expected
+
+
+@pytest.mark.parametrize("release", [True, False])
+def test_release_memory_setting_reaches_the_prefill_loop(
+    engine: Any, docs: Any, monkeypatch: pytest.MonkeyPatch, release: bool
+) -> None:
+    import overflow_core.prefill as prefill_module
+
+    calls: list[int] = []
+    monkeypatch.setattr(prefill_module, "release_freed_memory", lambda: calls.append(1) or True)
+    oprm = engine("mamba2", max_batch_tokens=200, release_memory=release)
+    oprm.rank(QUESTION, docs)
+    assert (len(calls) > 1) if release else not calls
