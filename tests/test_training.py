@@ -44,3 +44,26 @@ def test_evaluation_shortcuts_equal_the_direct_calls(engine: Any) -> None:
             assert ask(q.text) == (vanilla.text, vanilla.not_found)
     finally:
         oprm.state_cache.clear()
+
+
+def test_the_answer_is_tokenized_as_the_value_inside_the_context() -> None:
+    """Answering must be copying: the answer's tokens are the very tokens the value has in the context sentence."""
+    from transformers import AutoTokenizer
+
+    from overflow_core.engine import DEFAULT_MODEL_DIR
+    from overflow_core.training.data import Fact, Question, Sample
+    from overflow_core.training.train import encode_sample
+
+    tok = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
+    for value in ("Paris", "4412", "AB-391", "Dr. Weber"):
+        sentence = f"The home city of Alice Baker is {value}."
+        fact = Fact(key="Alice Baker", attr="home city", value=value, sentence=sentence)
+        q = Question(
+            text="What is the home city of Alice Baker?", answer=value, key="Alice Baker", attr="home city", present=True
+        )
+        encoded = encode_sample(tok, Sample(sentence, (fact,), (q,)), 1000)
+        assert encoded is not None
+        ids, weights = encoded
+        answer = [t for t, w in zip(ids, weights, strict=True) if w == 1.0][:-1]  # the value's tokens, without <|end|>
+        context = list(tok(sentence, add_special_tokens=False)["input_ids"])
+        assert any(context[i : i + len(answer)] == answer for i in range(len(context))), (value, answer, context)

@@ -102,7 +102,9 @@ def encode_sample(tokenizer: Any, sample: Sample, max_context: int) -> tuple[lis
     for i, q in enumerate(sample.questions):
         lead = list(parts.infix[:0]) if i == 0 else follow_up
         prompt = [*lead, *_ids(tokenizer, q.text), *parts.suffix]
-        answer = [*_ids(tokenizer, q.answer), end]
+        # with the leading space the value has inside a sentence, so that answering is copying the context's tokens
+        # (without it, "Paris" is "P ar is" here and "ĠP ar is" in the context; see docs/model.md, run v2)
+        answer = [*_ids(tokenizer, " " + q.answer), end]
         ids += prompt + answer
         weights += [0.25] * len(prompt) + [1.0] * len(answer)
     return ids, weights
