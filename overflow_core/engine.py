@@ -22,7 +22,7 @@ from overflow_core.chunking import chunk_documents, encode_text
 from overflow_core.config import OPRMConfig, load_settings
 from overflow_core.decode import Generation, stop_token_ids
 from overflow_core.errors import ConfigError, InputError, ModelLoadError, UnsupportedModelError
-from overflow_core.prefill import prefill
+from overflow_core.prefill import PrefillBatch, prefill
 from overflow_core.prompting import PromptTemplate, build_template, encode_template, not_found_token_ids
 from overflow_core.state_cache import StateCache
 from overflow_core.types import Answer, Chunk, Document, Ranking, Timings, Usage, as_documents
@@ -215,14 +215,7 @@ class OPRM:
         t_prefill = t_select = 0.0
         padded = done = 0
         t0 = time.perf_counter()
-        for batch in prefill(
-            self.backend,
-            prompts,
-            max_batch_tokens=self.config.max_batch_tokens,
-            pad_id=self.pad_id,
-            device=self.device,
-            release_memory=self.config.release_memory,
-        ):
+        for batch in self._prefill(prompts):
             t1 = time.perf_counter()
             t_prefill += t1 - t0
             rows = torch.as_tensor(batch.rows)
@@ -253,6 +246,17 @@ class OPRM:
             usage=Usage(prompt_tokens=total, padded_tokens=padded),
         )
         return _Scored(ranking=ranking, kept=kept, prompts={i: prompts[i] for i in kept})
+
+    def _prefill(self, prompts: Sequence[Sequence[int]]) -> Iterator[PrefillBatch]:
+        """:func:`~overflow_core.prefill.prefill` with this engine's model, budget, padding, device and memory settings."""
+        return prefill(
+            self.backend,
+            prompts,
+            max_batch_tokens=self.config.max_batch_tokens,
+            pad_id=self.pad_id,
+            device=self.device,
+            release_memory=self.config.release_memory,
+        )
 
     def _keep_best(
         self,

@@ -54,7 +54,7 @@ from overflow_core.errors import (
     IndexMismatchError,
     InputError,
 )
-from overflow_core.prefill import plan_batches, prefill
+from overflow_core.prefill import plan_batches
 from overflow_core.types import Answer, Chunk, Ranking, Timings, Usage
 
 __all__ = ["DEFAULT_SHARD_BYTES", "FORMAT", "FORMAT_VERSION", "MANIFEST", "StateIndex"]
@@ -404,14 +404,7 @@ class StateIndex:
         prompts = [e.context_prompt(c.ids) for c in chunks]
         slots: list[_Slot | None] = [None] * len(chunks)
         with tqdm(total=sum(len(p) for p in prompts), unit="tok", desc="indexing", disable=not progress) as bar:
-            for batch in prefill(
-                e.backend,
-                prompts,
-                max_batch_tokens=e.config.max_batch_tokens,
-                pad_id=e.pad_id,
-                device=e.device,
-                release_memory=e.config.release_memory,
-            ):
+            for batch in e._prefill(prompts):
                 for j, i in enumerate(batch.rows):
                     state = _to_device(e.backend.select(batch.state, [j]), torch.device("cpu"))
                     slots[i] = _Slot(chunk=chunks[i], tokens=len(prompts[i]), nbytes=state.nbytes, state=state)
