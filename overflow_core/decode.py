@@ -52,6 +52,9 @@ class Generation:
         stop: strings that end the output (not included in it).
         stop_ids: token ids that end the output (EOS and single-token stop strings).
         temperature / top_k / top_p / generator: see :func:`overflow_core.sampling.sample_next`.
+        lstrip: drop the output's leading whitespace (from ``text`` and from the pieces). A reply that starts a chat
+            turn or an answer has no use for it, and a model whose answers copy a value from the context (the bundled
+            one) emits the space the value had inside its sentence first.
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class Generation:
         top_k: int = 0,
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
+        lstrip: bool = False,
     ) -> None:
         self._session = session
         self._logits = logits
@@ -74,6 +78,7 @@ class Generation:
         self._max_new_tokens = max_new_tokens
         self._stop = tuple(stop)
         self._stop_ids = stop_ids
+        self._lstrip = lstrip
         self._sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "generator": generator}
         self.token_ids: list[int] = []
         self.text = ""
@@ -93,6 +98,8 @@ class Generation:
                 break
             self.token_ids.append(token)
             full = self._tokenizer.decode(self.token_ids, skip_special_tokens=True)
+            if self._lstrip:
+                full = full.lstrip()
             cut = min((full.find(s) for s in self._stop if s in full), default=-1)
             if cut >= 0:
                 self.text = full[:cut]

@@ -358,7 +358,9 @@ class OPRM:
             raise ConfigError(f"unknown decoding options {sorted(unknown)}; expected some of {sorted(allowed)}")
         return self.config.with_overrides(**overrides)
 
-    def _generation(self, session: Any, logits: torch.Tensor, cfg: OPRMConfig, seed: int | None) -> Generation:
+    def _generation(
+        self, session: Any, logits: torch.Tensor, cfg: OPRMConfig, seed: int | None, *, lstrip: bool = False
+    ) -> Generation:
         generator = None
         if cfg.temperature > 0:
             generator = torch.Generator()
@@ -374,6 +376,7 @@ class OPRM:
             top_k=cfg.top_k,
             top_p=cfg.top_p,
             generator=generator,
+            lstrip=lstrip,
         )
 
     def _run(
@@ -397,14 +400,22 @@ class OPRM:
         q_ids = self.encode_question(question)
         return _AnswerStream(self, question, docs, chunks, q_ids, mode, k, progress, seed, cfg)
 
-    def complete(self, prompt_ids: Sequence[int], *, seed: int | None = None, **decoding: Any) -> Generation:
+    def complete(
+        self, prompt_ids: Sequence[int], *, seed: int | None = None, lstrip: bool | None = None, **decoding: Any
+    ) -> Generation:
         """Continue ``prompt_ids``, reusing the longest cached prefix state (see :mod:`overflow_core.state_cache`).
 
         The returned :class:`Generation` is an iterator of text pieces; ``forward_tokens`` and ``reused_tokens`` count
-        what was fed to the model and what came from the cache.
+        what was fed to the model and what came from the cache. ``lstrip=True`` drops the output's leading whitespace,
+        for replies that open a chat turn; a plain completion keeps it (" 4412" continues "The number is"). ``None``
+        (the default) strips exactly when the prompt ends like the engine's own prompts (the template's suffix), so an
+        answer reads the same through :meth:`answer` and through ``complete(prompt(...))``.
         """
         if not prompt_ids:
             raise InputError("prompt: expected at least one token, got an empty prompt")
+        if lstrip is None:
+            suffix = self.prompt_ids.suffix
+            lstrip = bool(suffix) and tuple(prompt_ids[-len(suffix) :]) == tuple(suffix)
         cfg = self._decoding(decoding)
         cached = self.state_cache.longest_prefix(prompt_ids)
         with torch.inference_mode():
@@ -420,7 +431,7 @@ class OPRM:
                 if rest:
                     logits = session.feed(torch.tensor([rest], device=self.device))
                 fed, reused = len(rest), len(cached.ids)
-        generation = self._generation(session, logits, cfg, seed)
+        generation = self._generation(session, logits, cfg, seed, lstrip=lstrip)
         generation.prompt_forward_tokens = fed  # type: ignore[attr-defined]
         generation.reused_tokens = reused  # type: ignore[attr-defined]
         return generation
@@ -509,7 +520,7 @@ class _AnswerStream:
             return
         state, logits = scored.kept[best.chunk.index]
         t0 = time.perf_counter()
-        generation = e._generation(e.backend.open(state), logits, self.cfg, self.seed)
+        generation = e._generation(e.backend.open(state), logits, self.cfg, self.seed, lstrip=True)
         yield from generation
         t_decode = time.perf_counter() - t0
         timings = Timings(ranking.timings.prefill_s, ranking.timings.select_s, t_decode)
@@ -537,7 +548,7 @@ class _AnswerStream:
         t0 = time.perf_counter()
         for score in sorted(answering, key=lambda s: s.chunk.index):
             state, logits = scored.kept[score.chunk.index]
-            generation = e._generation(e.backend.open(state), logits, self.cfg, self.seed)
+            generation = e._generation(e.backend.open(state), logits, self.cfg, self.seed, lstrip=True)
             if parts:
                 yield "\n"
             yield from generation
@@ -567,7 +578,7 @@ class _AnswerStream:
         t0 = time.perf_counter()
         session, logits = e.vanilla_state(prompt)
         t1 = time.perf_counter()
-        generation = e._generation(session, logits, self.cfg, self.seed)
+        generation = e._generation(session, logits, self.cfg, self.seed, lstrip=True)
         yield from generation
         timings = Timings(prefill_s=t1 - t0, decode_s=time.perf_counter() - t1)
         usage = Usage(prompt_tokens=len(prompt), padded_tokens=len(prompt), generated_tokens=len(generation.token_ids))

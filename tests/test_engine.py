@@ -261,3 +261,16 @@ def test_release_memory_setting_reaches_the_prefill_loop(
     oprm = engine("mamba2", max_batch_tokens=200, release_memory=release)
     oprm.rank(QUESTION, docs)
     assert (len(calls) > 1) if release else not calls
+
+
+def test_complete_strips_the_leading_space_of_answers_to_engine_prompts_only(engine: Any, docs: Any) -> None:
+    oprm = engine("mamba2")
+    prompt = oprm.prompt(encode_text(oprm.tokenizer, docs[0][0])[:40], oprm.encode_question(QUESTION))
+    raw = oprm.complete(prompt, max_new_tokens=6, lstrip=False)
+    raw_text = "".join(raw)
+    auto = oprm.complete(prompt, max_new_tokens=6)
+    assert "".join(auto) == auto.text == raw_text.lstrip(), "an answer to the engine's prompt starts without whitespace"
+    assert auto.token_ids == raw.token_ids, "stripping changes the text, never the tokens"
+    plain = oprm.complete(prompt[:-1], max_new_tokens=6)
+    forced = oprm.complete(prompt[:-1], max_new_tokens=6, lstrip=False)
+    assert plain.token_ids == forced.token_ids and "".join(plain) == "".join(forced), "a plain completion keeps its text"

@@ -141,3 +141,50 @@ def test_chunk_scores_sort_exactly_as_ranks_with_abstainers_last(criterion: str)
     assert scores[-1].score == pytest.approx(expected)
     unfiltered = rank_chunks(chunks, ent, probs, idk, criterion=criterion, idk_filter=False)
     assert unfiltered[0].chunk.index == 0, "without the IDK filter the confident abstainer wins"
+
+
+class _ScriptedSession:
+    """A session whose every step makes the next scripted token the argmax."""
+
+    def __init__(self, script: list[int], vocab: int) -> None:
+        self.script, self.vocab, self.fed = script, vocab, 0
+
+    def logits_for(self, step: int) -> torch.Tensor:
+        row = torch.zeros(1, self.vocab)
+        row[0, self.script[step]] = 1.0
+        return row
+
+    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+        self.fed += 1
+        return self.logits_for(self.fed)
+
+
+class _PieceTokenizer:
+    eos_token_id = 0
+
+    def __init__(self, pieces: dict[int, str]) -> None:
+        self.pieces = pieces
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(self.pieces[i] for i in ids)
+
+
+@pytest.mark.parametrize("lstrip", [False, True])
+def test_generation_lstrip_drops_the_leading_space_from_pieces_and_text(lstrip: bool) -> None:
+    from overflow_core.decode import Generation
+
+    tokenizer = _PieceTokenizer({1: " ", 2: "44", 3: "12", 4: " \n"})
+    session = _ScriptedSession([4, 1, 2, 3, 0], vocab=5)  # " \n", " ", "44", "12", EOS
+    generation = Generation(
+        session,  # type: ignore[arg-type]
+        session.logits_for(0),
+        tokenizer=tokenizer,
+        max_new_tokens=10,
+        stop_ids=frozenset({0}),
+        lstrip=lstrip,
+    )
+    pieces = list(generation)
+    expected = "4412" if lstrip else " \n 4412"
+    assert "".join(pieces) == generation.text == expected
+    assert generation.token_ids == [4, 1, 2, 3] and generation.finish_reason == "stop"
+    assert all(pieces), "no empty pieces"

@@ -73,10 +73,18 @@ class OverflowGenerationParams(BaseModel):
         return {"seed": values["seed"], **{k: v for k, v in decoding.items() if v is not None}}
 
     def _complete(
-        self, prompt_ids: Sequence[int], stop: Sequence[str] | None, overrides: Mapping[str, Any]
+        self,
+        prompt_ids: Sequence[int],
+        stop: Sequence[str] | None,
+        overrides: Mapping[str, Any],
+        *,
+        lstrip: bool | None = None,
     ) -> Generation:
-        """Start decoding after ``prompt_ids`` (from the cached state of their longest cached prefix, if any)."""
-        return self.engine.complete(prompt_ids, **self._decoding(stop, overrides))
+        """Start decoding after ``prompt_ids`` (from the cached state of their longest cached prefix, if any).
+
+        ``lstrip``: see :meth:`overflow_core.OPRM.complete` (chat replies pass ``True``).
+        """
+        return self.engine.complete(prompt_ids, lstrip=lstrip, **self._decoding(stop, overrides))
 
     def get_token_ids(self, text: str) -> list[int]:
         """The engine tokenizer's ids for ``text`` (LangChain's default would load GPT-2's tokenizer)."""

@@ -27,6 +27,7 @@ class ChatOverflow(OverflowGenerationParams, BaseChatModel):
     state and no prompt token is run again (``response_metadata["prompt_forward_tokens"] == 0``). Anything else goes
     through the tokenizer's chat template and is prefilled as usual.
 
+    Replies carry no leading whitespace (a model that copies a value from its context emits the value's space first).
     Usage metadata counts every prompt token as input; ``input_token_details["cache_read"]`` is the part whose state came
     from the cache. Tool calling and structured output are not supported.
 
@@ -72,7 +73,7 @@ class ChatOverflow(OverflowGenerationParams, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         prompt_ids = self._prompt_ids(messages)
-        generation = self._complete(prompt_ids, stop, kwargs)
+        generation = self._complete(prompt_ids, stop, kwargs, lstrip=True)  # a reply has no leading space
         text = "".join(generation)
         message = AIMessage(
             content=text,
@@ -89,7 +90,7 @@ class ChatOverflow(OverflowGenerationParams, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         prompt_ids = self._prompt_ids(messages)
-        generation = self._complete(prompt_ids, stop, kwargs)
+        generation = self._complete(prompt_ids, stop, kwargs, lstrip=True)  # a reply has no leading space
         for piece in generation:  # one piece per decoded token (less while a stop string may be forming)
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager is not None:

@@ -66,7 +66,7 @@ def test_chat_with_system_and_several_turns_goes_through_the_chat_template(tiny_
     ]
     reply = OverflowLLM(tiny_engine).chat(messages)
     ids = tiny_engine.encode_messages([{"role": m.role.value, "content": m.content or ""} for m in messages])
-    assert reply.message.content == "".join(tiny_engine.complete(ids))
+    assert reply.message.content == "".join(tiny_engine.complete(ids, lstrip=True)), "a chat reply, without leading space"
 
 
 def test_decoding_options_pass_through_and_unknown_ones_fail(tiny_engine: OPRM) -> None:

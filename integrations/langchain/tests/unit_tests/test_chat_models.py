@@ -15,8 +15,9 @@ from overflow_core import OPRM
 
 
 def _reference(engine: OPRM, text: str, **decoding: Any) -> Any:
-    """What the engine itself generates for one user message (the adapters must report exactly this)."""
-    generation = engine.complete(engine.encode_messages([{"role": "user", "content": text}]), **decoding)
+    """What the engine itself generates for one user message (the chat model must report exactly this: a reply, so
+    without leading whitespace)."""
+    generation = engine.complete(engine.encode_messages([{"role": "user", "content": text}]), lstrip=True, **decoding)
     "".join(generation)
     return generation
 

@@ -152,10 +152,11 @@ class OverflowLLM(CustomLLM):
         return list(self._engine.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # -- generation -----------------------------------------------------------------------------------------------------
-    def _generation(self, ids: Sequence[int], kwargs: dict[str, Any]) -> Any:
+    def _generation(self, ids: Sequence[int], kwargs: dict[str, Any], lstrip: bool | None = None) -> Any:
         decoding = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, **kwargs}
         seed = decoding.pop("seed", self.seed)
-        return self._engine.complete(ids, seed=seed, **{k: v for k, v in decoding.items() if v is not None})
+        options = {k: v for k, v in decoding.items() if v is not None}
+        return self._engine.complete(ids, seed=seed, lstrip=lstrip, **options)
 
     def _prompt_ids(self, prompt: str, formatted: bool) -> list[int]:
         if not formatted and self.completion_to_prompt is not None:
@@ -174,14 +175,18 @@ class OverflowLLM(CustomLLM):
             "finish_reason": generation.finish_reason,
         }
 
-    def _complete_ids(self, ids: Sequence[int], kwargs: dict[str, Any]) -> CompletionResponse:
-        generation = self._generation(ids, kwargs)
+    def _complete_ids(
+        self, ids: Sequence[int], kwargs: dict[str, Any], lstrip: bool | None = None
+    ) -> CompletionResponse:
+        generation = self._generation(ids, kwargs, lstrip)
         for _ in generation:
             pass
         return CompletionResponse(text=generation.text, additional_kwargs=self._usage(generation))
 
-    def _stream_ids(self, ids: Sequence[int], kwargs: dict[str, Any]) -> CompletionResponseGen:
-        generation = self._generation(ids, kwargs)
+    def _stream_ids(
+        self, ids: Sequence[int], kwargs: dict[str, Any], lstrip: bool | None = None
+    ) -> CompletionResponseGen:
+        generation = self._generation(ids, kwargs, lstrip)
         text = ""
         for piece in generation:
             text += piece
@@ -205,12 +210,12 @@ class OverflowLLM(CustomLLM):
         )
 
     def _stream_chat_ids(self, ids: Sequence[int], kwargs: dict[str, Any]) -> ChatResponseGen:
-        for response in self._stream_ids(ids, kwargs):
+        for response in self._stream_ids(ids, kwargs, lstrip=True):
             yield self._chat_response(response)
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return self._chat_response(self._complete_ids(self._message_ids(messages), kwargs))
+        return self._chat_response(self._complete_ids(self._message_ids(messages), kwargs, lstrip=True))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
@@ -230,7 +235,7 @@ class OverflowLLM(CustomLLM):
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         ids = self._message_ids(messages)
-        return self._chat_response(await asyncio.to_thread(self._complete_ids, ids, kwargs))
+        return self._chat_response(await asyncio.to_thread(self._complete_ids, ids, kwargs, True))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
