@@ -10,9 +10,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FAMILIES", "make_tiny_model_dir", "make_tokenizer_dir", "sample_documents", "tiny_config"]
+__all__ = [
+    "FAMILIES",
+    "RANKING_ATOL",
+    "assert_same_ranking",
+    "make_tiny_model_dir",
+    "make_tokenizer_dir",
+    "sample_documents",
+    "tiny_config",
+]
 
 FAMILIES = ("mamba2", "mamba", "falcon_mamba", "bamba", "zamba2", "falcon_h1")
+RANKING_ATOL = 1e-4  # entropy tolerance between two paths to the same scores (batched vs single row, index vs engine)
 
 
 def tiny_config(family: str, vocab_size: int, pad_id: int, eos_id: int) -> Any:
@@ -126,3 +135,31 @@ def sample_documents(n_docs: int = 3, seed: int = 0, n_facts: int = 3) -> list[t
         sample = world.sample(rng, Curriculum.at(1.0), n_facts=n_facts, target_chars=600)
         docs.append((sample.context, {"source": f"doc{i}.txt"}))
     return docs
+
+
+def assert_same_ranking(expected: Any, got: Any) -> None:
+    """``got`` ranks like ``expected`` (two :class:`~overflow_core.Ranking` of the same chunks by two paths, e.g. the state
+    index and the engine): same chunks, entropies within ``RANKING_ATOL``, same order except between chunks whose
+    entropies are within that tolerance (a random model's near-uniform rows differ in the 6th decimal between paths)."""
+
+    def where(r: Any) -> list[tuple[Any, ...]]:
+        return sorted((s.chunk.index, s.chunk.doc_index, s.chunk.source, s.chunk.start, s.chunk.ids) for s in r.scores)
+
+    assert where(got) == where(expected), (
+        "the index must hold exactly the chunks the engine makes of the same documents"
+    )
+    ref = {s.chunk.index: s for s in expected.scores}
+    for s in got.scores:
+        assert abs(s.entropy - ref[s.chunk.index].entropy) <= RANKING_ATOL, (
+            f"chunk {s.chunk.index}: entropy {s.entropy} from the stored state, {ref[s.chunk.index].entropy} from the "
+            "full prompt; a state that does not continue exactly (wrong row, padding, Mamba-1 block feed) shows here"
+        )
+        assert s.idk == ref[s.chunk.index].idk
+    for r, (e, g) in enumerate(zip(expected.scores, got.scores, strict=True)):
+        assert e.idk == ref[g.chunk.index].idk and abs(e.entropy - ref[g.chunk.index].entropy) <= RANKING_ATOL, (
+            f"rank {r}: the engine puts chunk {e.chunk.index} (entropy {e.entropy}) there, the index chunk "
+            f"{g.chunk.index} (engine entropy {ref[g.chunk.index].entropy}): more than a tie apart"
+        )
+    top = [s for s in expected.scores if not s.idk]
+    if len(top) > 1 and top[1].entropy - top[0].entropy > 2 * RANKING_ATOL:
+        assert got.best is not None and got.best.chunk.index == top[0].chunk.index

@@ -26,43 +26,16 @@ from overflow_core import (
     IndexCorruptError,
     IndexMismatchError,
     InputError,
-    Ranking,
 )
 from overflow_core.index import LOCK, MANIFEST, StateIndex
 from overflow_core.reference import reference_greedy, reference_last_logits
-from overflow_core.testing import FAMILIES, make_tokenizer_dir, sample_documents
+from overflow_core.testing import FAMILIES, RANKING_ATOL, assert_same_ranking, make_tokenizer_dir, sample_documents
 
-ATOL = 1e-4
+ATOL = RANKING_ATOL
 QUESTION = "What is the locker number of Alice Baker?"
 OTHER_QUESTION = "Where does the ship Orbit dock?"
 DOCS = sample_documents(3, seed=0)
 BUDGET = 800  # max_batch_tokens: several micro-batches of 6-8 rows of different lengths, in prefill and in queries
-
-
-def assert_same_ranking(expected: Ranking, got: Ranking) -> None:
-    """``got`` (index) ranks like ``expected`` (engine): same chunks, same entropies, same order up to exact ties."""
-
-    def where(r: Ranking) -> list[tuple[Any, ...]]:
-        return sorted((s.chunk.index, s.chunk.doc_index, s.chunk.source, s.chunk.start, s.chunk.ids) for s in r.scores)
-
-    assert where(got) == where(expected), (
-        "the index must hold exactly the chunks the engine makes of the same documents"
-    )
-    ref = {s.chunk.index: s for s in expected.scores}
-    for s in got.scores:
-        assert abs(s.entropy - ref[s.chunk.index].entropy) <= ATOL, (
-            f"chunk {s.chunk.index}: entropy {s.entropy} from the stored state, {ref[s.chunk.index].entropy} from the "
-            "full prompt; a state that does not continue exactly (wrong row, padding, Mamba-1 block feed) shows here"
-        )
-        assert s.idk == ref[s.chunk.index].idk
-    for r, (e, g) in enumerate(zip(expected.scores, got.scores, strict=True)):
-        assert e.idk == ref[g.chunk.index].idk and abs(e.entropy - ref[g.chunk.index].entropy) <= ATOL, (
-            f"rank {r}: the engine puts chunk {e.chunk.index} (entropy {e.entropy}) there, the index chunk "
-            f"{g.chunk.index} (engine entropy {ref[g.chunk.index].entropy}): more than a tie apart"
-        )
-    top = [s for s in expected.scores if not s.idk]
-    if len(top) > 1 and top[1].entropy - top[0].entropy > 2 * ATOL:
-        assert got.best is not None and got.best.chunk.index == top[0].chunk.index
 
 
 @pytest.fixture(scope="module")

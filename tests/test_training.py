@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from overflow_core.testing import assert_same_ranking
 from overflow_core.training.data import FactWorld
 from overflow_core.training.evaluate import _vanilla_reader, make_shared_haystack
 
@@ -39,7 +40,7 @@ def test_evaluation_shortcuts_equal_the_direct_calls(engine: Any) -> None:
             via_index = index.answer(q.text)
             assert via_index.text == direct.text and via_index.not_found == direct.not_found
             assert via_index.ranking is not None and direct.ranking is not None
-            assert [s.chunk.index for s in via_index.ranking.scores] == [s.chunk.index for s in direct.ranking.scores]
+            assert_same_ranking(direct.ranking, via_index.ranking)
             vanilla = oprm.answer(q.text, hay.documents, mode="vanilla")
             assert ask(q.text) == (vanilla.text, vanilla.not_found)
     finally:
