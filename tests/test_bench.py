@@ -54,7 +54,17 @@ def test_generate_is_seeded_and_evidence_points_at_the_answer(task: str, tok: An
             continue
         ev = item.evidence
         assert ev is not None
-        assert item.documents[ev.doc][0][ev.start : ev.end] == item.answers[0], "evidence must span the answer value"
+        span = item.documents[ev.doc][0][ev.start : ev.end]
+        assert span.lower() == item.answers[0].lower(), "evidence must span the answer value"
+
+
+def test_evidence_finds_a_value_that_opens_its_sentence_capitalised() -> None:
+    from overflow_core.bench.tasks import _evidence
+
+    sentence = "Teacher is the job of Quinn Novak."
+    docs = [("Filler first.", {}), (f"The day was calm. {sentence} The bus was late.", {})]
+    ev = _evidence(docs, 1, sentence, "teacher")
+    assert ev.doc == 1 and docs[1][0][ev.start : ev.end] == "Teacher"
 
 
 def test_multi_and_multidoc_add_their_distractors(tok: Any) -> None:

@@ -89,6 +89,8 @@ def _evidence(documents: Sequence[tuple[str, dict[str, str]]], doc: int, sentenc
     at = text.find(sentence.rstrip("."))
     assert at >= 0, "the needle sentence must be in its document"
     offset = sentence.find(value)
+    if offset < 0:  # a value that opens its sentence is capitalised there ("Teacher is the job of Quinn Novak.")
+        offset = sentence.lower().find(value.lower())
     assert offset >= 0, "the needle sentence must state its value"
     return Evidence(doc, at + offset, at + offset + len(value))
 

@@ -35,6 +35,7 @@ import json
 import math
 import platform
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": EVAL_SEED,
             "seconds": round(time.time() - t0, 1),
             "machine": {"platform": platform.platform(), "python": platform.python_version()},
-            "command": "python -m overflow_core.training.evaluate " + " ".join(argv or []),
+            "command": " ".join(["python -m overflow_core.training.evaluate", *(sys.argv[1:] if argv is None else argv)]),
         }
     )
     if args.out:
