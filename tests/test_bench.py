@@ -324,3 +324,15 @@ def test_long_lengths_and_index_limit_and_shared_points(engine: Any) -> None:
     n_calls = sum(r._runs(i, m) for i in r.items for m in r.method_names)
     assert n_calls == len(r.items) * methods - sum(i.length > 300 for i in r.items), "oprm+index skipped above 300"
     assert r.steps() == 1 + n_calls + len(unique)
+
+
+def test_pooled_headline_names_the_item_count_of_a_method_that_ran_on_fewer_items() -> None:
+    from overflow_core.bench.report import headline_lines
+
+    h: dict[str, Any] = {"longest_length": 16384}
+    for key in ("oprm", "vanilla", "oprm_index", "embedding_rag", "bm25_rag"):
+        h.update({f"{key}_em_longest": 0.0, f"{key}_not_found_rate_longest": 1.0, f"{key}_em_all": 0.25})
+        h[f"{key}_n_present_all"] = 48 if key == "oprm_index" else 72
+    pooled = next(line for line in headline_lines({"headline": h}) if "pooled" in line)
+    assert "(72 answerable items)" in pooled and "OPRM+index 25% (of 48 items)" in pooled
+    assert "BM25 RAG 25%," in pooled, "methods that ran on every item carry no count"

@@ -218,10 +218,15 @@ def headline_lines(result: dict[str, Any]) -> list[str]:
             f"EM at that length: OPRM+index {_pct(h['oprm_index_em_longest'])}, embedding RAG "
             f"{_pct(h['embedding_rag_em_longest'])}, BM25 RAG {_pct(h['bm25_rag_em_longest'])}."
         )
+        n = h["oprm_n_present_all"]
+
+        def pooled(key: str) -> str:  # a method that ran on fewer items (oprm+index stops at --index-max-tokens) says so
+            other = h.get(f"{key}_n_present_all")
+            return _pct(h[f"{key}_em_all"]) + (f" (of {other} items)" if other is not None and other != n else "")
+
         out.append(
-            f"All lengths pooled ({h['oprm_n_present_all']} answerable items): EM OPRM {_pct(h['oprm_em_all'])}, "
-            f"OPRM+index {_pct(h['oprm_index_em_all'])}, embedding RAG {_pct(h['embedding_rag_em_all'])}, BM25 RAG "
-            f"{_pct(h['bm25_rag_em_all'])}, vanilla {_pct(h['vanilla_em_all'])}."
+            f"All lengths pooled ({n} answerable items): EM OPRM {pooled('oprm')}, OPRM+index {pooled('oprm_index')}, "
+            f"embedding RAG {pooled('embedding_rag')}, BM25 RAG {pooled('bm25_rag')}, vanilla {pooled('vanilla')}."
         )
     pl = h.get("prefill_longest")
     if pl:
