@@ -60,6 +60,10 @@ def test_evaluation_command_runs_on_a_small_sample(tmp_path: Path, capsys: Any) 
         ("heldout", 256),
         ("heldout", 1024),
     }
+    for row in result["rows"]:
+        kinds = row["oprm_em_by_kind"]
+        assert sum(k["n"] for k in kinds.values()) == row["samples"] and set(kinds) <= {"digits", "word", "other"}
+        assert row["oprm_false_nf"] is not None and 0 <= row["oprm_false_nf"] <= 1
     assert (tmp_path / "model_accuracy.png").stat().st_size > 0
 
 

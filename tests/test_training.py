@@ -7,7 +7,7 @@ from typing import Any
 
 from overflow_core.testing import assert_same_ranking
 from overflow_core.training.data import FactWorld
-from overflow_core.training.evaluate import _vanilla_reader, make_shared_haystack
+from overflow_core.training.evaluate import _vanilla_reader, make_shared_haystack, value_kind
 
 
 def test_shared_haystack_places_each_needle_once_and_absent_questions_match_nothing(engine: Any) -> None:
@@ -68,3 +68,8 @@ def test_the_answer_is_tokenized_as_the_value_inside_the_context() -> None:
         answer = [t for t, w in zip(ids, weights, strict=True) if w == 1.0][:-1]  # the value's tokens, without <|end|>
         context = list(tok(sentence, add_special_tokens=False)["input_ids"])
         assert any(context[i : i + len(answer)] == answer for i in range(len(context))), (value, answer, context)
+
+
+def test_value_kind_separates_digits_words_and_the_rest() -> None:
+    assert [value_kind(v) for v in ("4412", "555-0123", "Kyoto", "teacher")] == ["digits", "digits", "word", "word"]
+    assert [value_kind(v) for v in ("VC-864", "Dr. Weber", "12 May", "80 kg", "A12")] == ["other"] * 5

@@ -8,7 +8,9 @@ attributes and filler never used in training):
 - exact match of vanilla whole-context inference and of OPRM;
 - the rate of correct "not found" answers on absent keys (both methods);
 - OPRM's hit rate (the chosen chunk holds the needle) and per-chunk abstention: the share of chunks without the needle
-  that the IDK filter dropped.
+  that the IDK filter dropped;
+- OPRM's false "not found" rate on present questions, and its exact match by the kind of value asked for
+  (:func:`value_kind`: digits, one word, other).
 
 Several questions share one haystack: it holds up to ``--needles`` needle facts in different documents, and as many
 absent questions as needed are asked of it too. Each haystack is read once per method, and each question then costs only
@@ -43,7 +45,7 @@ from typing import Any
 
 from overflow_core.training.data import Curriculum, Fact, FactWorld, Question
 
-__all__ = ["Haystack", "SharedHaystack", "evaluate", "main", "make_haystack", "make_shared_haystack"]
+__all__ = ["Haystack", "SharedHaystack", "evaluate", "main", "make_haystack", "make_shared_haystack", "value_kind"]
 
 EVAL_SEED = 987_654_321  # never used by training (training draws from seed * 1_000_003 + step)
 
@@ -155,6 +157,16 @@ def make_shared_haystack(
     return SharedHaystack(docs, questions, [*placed, *([None] * absent)])
 
 
+def value_kind(value: str) -> str:
+    """``"digits"`` (``4412``, ``555-0123``), ``"word"`` (one alphabetic word: ``Kyoto``, ``teacher``) or ``"other"``
+    (codes, plates, names, dates, quantities): the kinds the bundled model recalls very differently (docs/model.md)."""
+    if value.replace("-", "").replace(" ", "").isdigit():
+        return "digits"
+    if value.isalpha():
+        return "word"
+    return "other"
+
+
 def _normalise(text: str) -> str:
     return " ".join(text.strip().strip(".").lower().split())
 
@@ -200,7 +212,10 @@ def evaluate(
         world = FactWorld(world_split, not_found=oprm.config.not_found)  # type: ignore[arg-type]
         for length in lengths:
             rng = random.Random(f"{seed}-{split}-{length}")
-            stats: dict[str, list[float]] = {k: [] for k in ("oprm_em", "vanilla_em", "hit", "oprm_nf", "vanilla_nf")}
+            stats: dict[str, list[float]] = {
+                k: [] for k in ("oprm_em", "vanilla_em", "hit", "oprm_nf", "vanilla_nf", "oprm_false_nf")
+            }
+            by_kind: dict[str, list[float]] = {}
             abstain_num = abstain_den = chunks = haystacks = 0
             todo_present, todo_absent = samples, absent_samples
             run_vanilla = length <= vanilla_max_tokens
@@ -227,7 +242,10 @@ def evaluate(
                             abstain_num += int(sc.idk)
                     v_text, v_nf = vanilla(q.text) if vanilla is not None else ("", False)
                     if needle is not None:
-                        stats["oprm_em"].append(float(_normalise(answer.text) == _normalise(q.answer)))
+                        em = float(_normalise(answer.text) == _normalise(q.answer))
+                        stats["oprm_em"].append(em)
+                        stats["oprm_false_nf"].append(float(answer.not_found))
+                        by_kind.setdefault(value_kind(q.answer), []).append(em)
                         best = answer.ranking.best
                         stats["hit"].append(float(best is not None and needle.value in best.chunk.text))
                         if vanilla is not None:
@@ -248,6 +266,7 @@ def evaluate(
                 "absent_samples": len(stats["oprm_nf"]),
                 **{k: (round(sum(v) / len(v), 4) if v else None) for k, v in stats.items()},
                 "chunk_abstention": round(abstain_num / abstain_den, 5) if abstain_den else None,
+                "oprm_em_by_kind": {k: {"n": len(v), "em": round(sum(v) / len(v), 4)} for k, v in sorted(by_kind.items())},
                 "seconds": round(time.time() - t0, 1),
             }
             rows.append(row)
