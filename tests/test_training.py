@@ -56,7 +56,7 @@ def test_the_answer_is_tokenized_as_the_value_inside_the_context() -> None:
     from overflow_core.training.train import encode_sample
 
     tok = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
-    for value in ("Paris", "4412", "AB-391", "Dr. Weber"):
+    for value in ("Paris", "4412", "AB-391", "Dr. Weber", "Brusikam", "12 May"):
         sentence = f"The home city of Alice Baker is {value}."
         fact = Fact(key="Alice Baker", attr="home city", value=value, sentence=sentence)
         q = Question(
@@ -73,3 +73,57 @@ def test_the_answer_is_tokenized_as_the_value_inside_the_context() -> None:
 def test_value_kind_separates_digits_words_and_the_rest() -> None:
     assert [value_kind(v) for v in ("4412", "555-0123", "Kyoto", "teacher")] == ["digits", "digits", "word", "word"]
     assert [value_kind(v) for v in ("VC-864", "Dr. Weber", "12 May", "80 kg", "A12")] == ["other"] * 5
+
+
+def test_the_tokenizer_keeps_the_space_on_a_numbers_first_digit(tmp_path: Any) -> None:
+    """OPRM ranks chunks by the answer's first token: " 4412" must start with a token that says "4", not a bare space
+    that every chunk holding some number predicts equally well."""
+    from transformers import AutoTokenizer
+
+    from overflow_core.engine import DEFAULT_MODEL_DIR
+    from overflow_core.training.tokenizer import train_tokenizer
+
+    fresh = AutoTokenizer.from_pretrained(str(train_tokenizer(tmp_path / "tok", samples=300)))
+    bundled = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
+    for tok in (fresh, bundled):
+        ids = tok(" 4412", add_special_tokens=False)["input_ids"]
+        assert [tok.decode([i]) for i in ids] == [" 4", "4", "1", "2"]
+        assert tok.decode(tok("Room 12, floor 3.", add_special_tokens=False)["input_ids"]) == "Room 12, floor 3."
+
+
+def test_training_attribute_names_share_no_word_with_the_held_out_ones() -> None:
+    from overflow_core.training.data import COMPOSED_ATTRIBUTES, HELDOUT_ATTRIBUTES, TRAIN_ATTRIBUTES
+
+    shared_on_purpose = {"code", "favorite"}  # as in "access code", "favorite color": the held-out combinations are new
+    held_words = {w for name in HELDOUT_ATTRIBUTES for w in name.split()} - shared_on_purpose
+    train_names = set(TRAIN_ATTRIBUTES) | set(COMPOSED_ATTRIBUTES)
+    assert len(train_names) > 500
+    assert not train_names & set(HELDOUT_ATTRIBUTES)
+    assert not {w for name in train_names for w in name.split()} & held_words
+
+
+def test_training_facts_mix_named_and_composed_attributes_and_made_up_values() -> None:
+    from overflow_core.training.data import COMPOSED_ATTRIBUTES, TRAIN_ATTRIBUTES, Curriculum
+
+    world, rng = FactWorld("train"), random.Random(5)
+    facts = [f for _ in range(200) for f in world.sample(rng, Curriculum.at(0.9), n_facts=4).facts]
+    assert all(f.attr in TRAIN_ATTRIBUTES or f.attr in COMPOSED_ATTRIBUTES for f in facts)
+    named = sum(f.attr in TRAIN_ATTRIBUTES for f in facts)  # a few names are both ("home city")
+    assert 0.25 < named / len(facts) < 0.6
+    assert len({f.value for f in facts if f.value.isalpha()}) > 100, "word values must be too many to memorise"
+    held = FactWorld("heldout")
+    assert all(f.attr in held.attributes for f in held.sample(rng, Curriculum.at(0.9), n_facts=6).facts)
+
+
+def test_hard_negatives_ask_for_what_is_not_there_in_three_ways() -> None:
+    """An absent question names a present key with another attribute, a similar key with a present attribute, or another
+    key with a present attribute, and never a (key, attribute) pair that is stated."""
+    world, rng = FactWorld("train"), random.Random(9)
+    kinds = {"same key": 0, "same attribute": 0}
+    for _ in range(300):
+        facts = world.facts(rng, 3, distractor_rate=0.0)
+        q = world.absent_question(rng, facts, hard_rate=1.0)
+        assert (q.key, q.attr) not in {(f.key, f.attr) for f in facts} and q.answer == world.not_found
+        kinds["same key"] += any(q.key == f.key for f in facts)
+        kinds["same attribute"] += any(q.attr == f.attr for f in facts)
+    assert kinds["same key"] > 60 and kinds["same attribute"] > 120, kinds

@@ -285,8 +285,36 @@ def _plate(rng: random.Random) -> str:
     return f"{letters} {_digits(rng, 3, 3)}"
 
 
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "ch", "sh", "br", "tr", "gl", "st")
+_VOWELS = ("a", "e", "i", "o", "u", "a", "o", "ei")
+_CODAS = ("", "", "", "", "n", "r", "l", "s", "m", "k")
+
+
+def _pseudo(rng: random.Random, syllables: tuple[int, int] = (2, 3)) -> str:
+    """A pronounceable made-up word ("talemo", "brusik"): tens of thousands of them, so a value drawn this way can only be
+    answered by copying it from the document, never from a memorised list. The tokenizer splits them into common pieces."""
+    n = rng.randint(*syllables)
+    return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(n))
+
+
+def _name(rng: random.Random) -> str:
+    return _pseudo(rng, (2, 2)).capitalize()
+
+
+def _first(rng: random.Random) -> str:
+    return rng.choice(FIRST) if rng.random() < 0.75 else _name(rng)
+
+
+def _last(rng: random.Random) -> str:
+    return rng.choice(LAST) if rng.random() < 0.6 else _name(rng)
+
+
 def _person(rng: random.Random) -> str:
-    return f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+    return f"{_first(rng)} {_last(rng)}"
+
+
+def _city(rng: random.Random) -> str:
+    return rng.choice(CITIES) if rng.random() < 0.5 else _name(rng)
 
 
 ValueGen = Callable[[random.Random], str]
@@ -304,18 +332,20 @@ TRAIN_ATTRIBUTES: dict[str, ValueGen] = {
     "year of arrival": lambda r: str(r.randint(1950, 2024)),
     "birthday": lambda r: f"{r.randint(1, 28)} {r.choice(MONTHS)}",
     "start date": lambda r: f"{r.randint(1, 28)} {r.choice(MONTHS)} {r.randint(1990, 2025)}",
-    "home city": lambda r: r.choice(CITIES),
-    "hometown": lambda r: r.choice(CITIES),
+    "home city": _city,
+    "hometown": _city,
     "favorite color": lambda r: r.choice(COLOURS),
     "car color": lambda r: r.choice(COLOURS),
     "access code": _code,
     "license plate": _plate,
     "serial code": _code,
-    "password": lambda r: f"{r.choice(WORDS)}{_digits(r, 2, 3)}",
+    "password": lambda r: f"{r.choice(WORDS) if r.random() < 0.5 else _pseudo(r)}{_digits(r, 2, 3)}",
     "manager": _person,
     "best friend": _person,
     "doctor": lambda r: f"Dr. {r.choice(LAST)}",
-    "pet's name": lambda r: r.choice(WORDS).capitalize(),
+    "pet's name": lambda r: r.choice(WORDS).capitalize() if r.random() < 0.4 else _name(r),
+    "nickname": _name,
+    "code word": _pseudo,
     "weight": lambda r: f"{r.randint(40, 120)} kg",
     "height": lambda r: f"{r.randint(140, 205)} cm",
     "salary": lambda r: f"{r.randint(18, 95)}00 dollars",
@@ -328,6 +358,36 @@ TRAIN_ATTRIBUTES: dict[str, ValueGen] = {
     "lucky number": lambda r: _digits(r, 1, 3),
     "office": lambda r: f"{r.choice(string.ascii_uppercase)}{_digits(r, 2, 3)}",
 }
+# Composed attribute names ("vault code", "team color", "night number"): hundreds of them, most of them meaningless, so
+# that the model must match the attribute's words between question and document instead of memorising a short list.
+# No word of a held-out attribute name below is used here except "code" and "favorite" (which the named list has too).
+ATTRIBUTE_HEADS: dict[str, ValueGen] = {
+    "number": lambda r: _digits(r, 2, 6),
+    "ID": lambda r: _digits(r, 4, 7),
+    "code": _code,
+    "PIN": lambda r: _digits(r, 4, 4),
+    "year": lambda r: str(r.randint(1930, 2025)),
+    "date": lambda r: f"{r.randint(1, 28)} {r.choice(MONTHS)}",
+    "city": _city,
+    "color": lambda r: r.choice(COLOURS),
+    "word": _pseudo,
+    "name": _name,
+    "contact": _person,
+    "plate": _plate,
+    "amount": lambda r: f"{r.randint(2, 990)} dollars",
+    "weight": lambda r: f"{r.randint(2, 400)} kg",
+    "room": lambda r: f"{r.choice(string.ascii_uppercase)}{_digits(r, 2, 3)}",
+}
+ATTRIBUTE_MODIFIERS = (
+    "locker", "badge", "backup", "home", "office", "secret", "lucky", "desk", "gate", "team", "cabin", "vault", "radio",
+    "garage", "billing", "shipping", "library", "gym", "emergency", "travel", "archive", "alarm", "storage", "night",
+    "door", "member", "ticket", "harbor", "studio", "garden", "kitchen", "boat", "tower", "bank", "club", "school",
+)  # fmt: skip
+COMPOSED_ATTRIBUTES: dict[str, ValueGen] = {
+    f"{mod} {head}": gen for mod in ATTRIBUTE_MODIFIERS for head, gen in ATTRIBUTE_HEADS.items()
+}
+NAMED_ATTRIBUTE_SHARE = 0.4  # how often a training fact uses the named list above rather than a composed name
+
 HELDOUT_ATTRIBUTES: dict[str, ValueGen] = {
     "parking spot": lambda r: _digits(r, 2, 3),
     "favorite animal": lambda r: r.choice(ANIMALS),
@@ -350,6 +410,16 @@ TRAIN_FACT_CORES = (
     "The file says that the {attr} of {key} is {value}.",
     "{key} has {value} as {attr}.",
     "Remember: {key}, {attr} {value}.",
+    "The {attr} assigned to {key} is {value}.",
+    "{key} gave {value} as the {attr}.",
+    "Our list shows the {attr} of {key}: {value}.",
+    "{attr} for {key} = {value}.",
+    "When asked, {key} said the {attr} was {value}.",
+    "{key}: {attr} {value}.",
+    "The {attr} on file for {key} reads {value}.",
+    "{key} keeps {value} as the {attr}.",
+    "Set the {attr} of {key} to {value}.",
+    "The {attr} belonging to {key} is {value}.",
 )
 HELDOUT_FACT_CORES = (
     "Everyone knows that {key} uses {value} as the {attr}.",
@@ -369,6 +439,12 @@ TRAIN_QUESTIONS = (
     "What {attr} is listed for {key}?",
     "Do you know the {attr} of {key}?",
     "what is the {attr} of {key}",
+    "Find the {attr} of {key}.",
+    "{key}'s {attr}?",
+    "Please give me the {attr} for {key}.",
+    "Which {attr} belongs to {key}?",
+    "What does the document give as the {attr} of {key}?",
+    "Name the {attr} of {key}.",
 )
 HELDOUT_QUESTIONS = (
     "Could you find {key}'s {attr}?",
@@ -421,12 +497,29 @@ def _filler_manual(r: random.Random) -> str:  # held out
     return f"Before use, check that the {part} is {r.choice(['clean', 'secure', 'dry', 'closed'])} and press the reset button."
 
 
+def _filler_sport(r: random.Random) -> str:
+    team = r.choice(["Rovers", "United", "the Lions", "the Comets", "City", "the Falcons"])
+    return f"{team} won {r.randint(1, 5)} to {r.randint(0, 4)} in a {r.choice(['close', 'dull', 'wild', 'late'])} game."
+
+
+def _filler_office(r: random.Random) -> str:
+    thing = r.choice(["the meeting", "the printer", "lunch", "the audit", "the move", "the call"])
+    return f"{_first(r)} said that {thing} would {r.choice(['start late', 'be moved', 'take an hour', 'go ahead'])}."
+
+
+def _filler_made_up(r: random.Random) -> str:
+    return f"The {_pseudo(r)} of {_name(r)} was {r.choice(['closed', 'rebuilt', 'painted', 'sold', 'visited'])} last year."
+
+
 TRAIN_FILLERS: tuple[Callable[[random.Random], str], ...] = (
     _filler_grammar,
     _filler_news,
     _filler_log,
     _filler_story,
     _filler_weather,
+    _filler_sport,
+    _filler_office,
+    _filler_made_up,
 )
 HELDOUT_FILLERS: tuple[Callable[[random.Random], str], ...] = (_filler_recipe, _filler_manual)
 TITLES = ("Report", "Notes", "Memo", "Record", "Log", "Summary", "Minutes", "Letter")
@@ -499,7 +592,7 @@ class Curriculum:
                 hard_negative_rate=0.3,
                 distractor_rate=0.25,
                 decoration_rate=0.5,
-                questions=5,
+                questions=6,
             )
         ramp = (p - 0.5) / 0.5
         return cls(
@@ -510,7 +603,7 @@ class Curriculum:
             absent_rate=0.3 + 0.25 * ramp,
             hard_negative_rate=0.5 + 0.35 * ramp,
             distractor_rate=0.5,
-            questions=6,
+            questions=8,
         )
 
 
@@ -527,27 +620,40 @@ class FactWorld:
 
     def __post_init__(self) -> None:
         held = self.split == "heldout"
-        self.attributes = HELDOUT_ATTRIBUTES if held else TRAIN_ATTRIBUTES
+        self.attributes = HELDOUT_ATTRIBUTES if held else {**TRAIN_ATTRIBUTES, **COMPOSED_ATTRIBUTES}
         self.cores = HELDOUT_FACT_CORES if held else TRAIN_FACT_CORES
         self.questions = HELDOUT_QUESTIONS if held else TRAIN_QUESTIONS
         self.fillers = HELDOUT_FILLERS if held else TRAIN_FILLERS
 
     # -- pieces ---------------------------------------------------------------------------------------------------------
+    def attribute(self, r: random.Random) -> str:
+        """An attribute name: on the training split a named one ("phone number") or a composed one ("vault code")."""
+        if self.split == "heldout":
+            return r.choice(list(HELDOUT_ATTRIBUTES))
+        if r.random() < NAMED_ATTRIBUTE_SHARE:
+            return r.choice(list(TRAIN_ATTRIBUTES))
+        return r.choice(list(COMPOSED_ATTRIBUTES))
+
     def key(self, r: random.Random) -> str:
         kind = r.random()
+        word = r.choice(WORDS).capitalize() if r.random() < 0.5 else _name(r)
         if kind < 0.7:
             return _person(r)
         if kind < 0.8:
-            return f"project {r.choice(WORDS).capitalize()}"
+            return f"project {word}"
         if kind < 0.9:
-            return f"the ship {r.choice(WORDS).capitalize()}"
-        return f"{r.choice(WORDS).capitalize()} {r.choice(['Ltd', 'Group', 'Labs', 'Works'])}"
+            return f"the ship {word}"
+        return f"{word} {r.choice(['Ltd', 'Group', 'Labs', 'Works'])}"
 
     def similar_key(self, r: random.Random, key: str) -> str:
+        """A key that shares all but one word with ``key`` ("Alice Weber" for "Alice Adler", "project Velo" for
+        "project Falcon")."""
         parts = key.split(" ")
-        if len(parts) == 2 and parts[0] in FIRST:
-            return f"{parts[0]} {r.choice(LAST)}" if r.random() < 0.5 else f"{r.choice(FIRST)} {parts[1]}"
-        return f"{' '.join(parts[:-1])} {r.choice(WORDS).capitalize()}" if len(parts) > 1 else self.key(r)
+        if len(parts) == 2 and parts[1] not in ("Ltd", "Group", "Labs", "Works") and parts[0] != "project":
+            return f"{parts[0]} {_last(r)}" if r.random() < 0.5 else f"{_first(r)} {parts[1]}"
+        if len(parts) > 1 and parts[-1] in ("Ltd", "Group", "Labs", "Works"):
+            return f"{_name(r)} {parts[-1]}"
+        return f"{' '.join(parts[:-1])} {_name(r)}" if len(parts) > 1 else self.key(r)
 
     def fact(self, r: random.Random, key: str, attr: str, decorate: bool = True) -> Fact:
         value = self.attributes[attr](r)
@@ -571,15 +677,14 @@ class FactWorld:
     def facts(self, r: random.Random, n: int, distractor_rate: float, decoration_rate: float = 1.0) -> list[Fact]:
         out: list[Fact] = []
         used: set[tuple[str, str]] = set()
-        attrs = list(self.attributes)
         while len(out) < n:
             if out and r.random() < distractor_rate:
                 base = r.choice(out)
                 key, attr = (
-                    (self.similar_key(r, base.key), base.attr) if r.random() < 0.6 else (base.key, r.choice(attrs))
+                    (self.similar_key(r, base.key), base.attr) if r.random() < 0.6 else (base.key, self.attribute(r))
                 )
             else:
-                key, attr = self.key(r), r.choice(attrs)
+                key, attr = self.key(r), self.attribute(r)
             if (key, attr) in used:
                 continue
             used.add((key, attr))
@@ -588,18 +693,21 @@ class FactWorld:
 
     def absent_question(self, r: random.Random, facts: list[Fact], hard_rate: float) -> Question:
         present = {(f.key, f.attr) for f in facts}
-        attrs = list(self.attributes)
         for _ in range(50):
             if facts and r.random() < hard_rate:
-                base = r.choice(facts)
-                key, attr = (
-                    (base.key, r.choice(attrs)) if r.random() < 0.5 else (self.similar_key(r, base.key), base.attr)
-                )
+                # a present key with another attribute, a similar key with a present attribute, or any other key with it
+                base, kind = r.choice(facts), r.random()
+                if kind < 0.4:
+                    key, attr = base.key, self.attribute(r)
+                elif kind < 0.8:
+                    key, attr = self.similar_key(r, base.key), base.attr
+                else:
+                    key, attr = self.key(r), base.attr
             else:
-                key, attr = self.key(r), r.choice(attrs)
+                key, attr = self.key(r), self.attribute(r)
             if (key, attr) not in present:
                 return self.question(r, key, attr, self.not_found, present=False)
-        return self.question(r, "Quentin Nobody", r.choice(attrs), self.not_found, present=False)
+        return self.question(r, "Quentin Nobody", self.attribute(r), self.not_found, present=False)
 
     def document(self, r: random.Random, facts: list[Fact], target_chars: int) -> str:
         """Filler sentences up to about ``target_chars``, with the facts at random places, cut into short documents."""

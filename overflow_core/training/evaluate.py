@@ -86,7 +86,7 @@ def _filler_documents(
 
 def _new_pair(world: FactWorld, rng: random.Random, used: set[tuple[str, str]]) -> tuple[str, str]:
     for _ in range(100):
-        key, attr = world.key(rng), rng.choice(list(world.attributes))
+        key, attr = world.key(rng), world.attribute(rng)
         if (key, attr) not in used:
             break
     return key, attr

@@ -1,6 +1,8 @@
 """Train the bundled model's tokenizer: byte-level BPE with single-digit tokens, a small vocabulary and a chat template.
 
-Digits are split one by one so that copying a number from the document is copying digits, whatever the number.
+Digits are split one by one so that copying a number from the document is copying digits, whatever the number. The space
+before a number stays on its first digit (" 4412" is "Ġ4 4 1 2", not "Ġ 4 4 1 2"): the first token of an answer is what
+OPRM ranks chunks by, and a bare space token would be equally confident in every chunk that holds any number.
 Byte-level means any text, in any script, is encodable (unknown words just take more tokens).
 """
 
@@ -40,12 +42,15 @@ def train_tokenizer(out_dir: str | Path, *, vocab_size: int = 2048, samples: int
         >>> path = train_tokenizer("/tmp/tok", samples=200)  # doctest: +SKIP
         >>> AutoTokenizer.from_pretrained(path)  # doctest: +SKIP
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [
+            pre_tokenizers.Split(Regex(r" ?[0-9]"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
