@@ -127,3 +127,15 @@ def test_hard_negatives_ask_for_what_is_not_there_in_three_ways() -> None:
         kinds["same key"] += any(q.key == f.key for f in facts)
         kinds["same attribute"] += any(q.attr == f.attr for f in facts)
     assert kinds["same key"] > 60 and kinds["same attribute"] > 120, kinds
+
+
+def test_first_token_probe_reports_every_context_by_kind(engine: Any) -> None:
+    from overflow_core.training.evaluate import first_token_probe
+
+    oprm = engine("mamba2")
+    probe = first_token_probe(oprm, FactWorld("train"), random.Random(4), 12)
+    assert sum(row["n"] for row in probe.values()) == 12
+    assert set(probe) <= {"digits", "word", "other"}
+    for row in probe.values():
+        assert 0.0 <= row["top1"] <= 1.0
+        assert 0.0 < row["median_p_value"] < 1.0 and 0.0 < row["median_p_not_found"] < 1.0

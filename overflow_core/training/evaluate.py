@@ -10,7 +10,9 @@ attributes and filler never used in training):
 - OPRM's hit rate (the chosen chunk holds the needle) and per-chunk abstention: the share of chunks without the needle
   that the IDK filter dropped;
 - OPRM's false "not found" rate on present questions, and its exact match by the kind of value asked for
-  (:func:`value_kind`: digits, one word, other).
+  (:func:`value_kind`: digits, one word, other);
+- a first-token probe (:func:`first_token_probe`): within one short context, how often the answer's first token is the
+  model's top prediction, by kind of value, next to the probability of "not found".
 
 Several questions share one haystack: it holds up to ``--needles`` needle facts in different documents, and as many
 absent questions as needed are asked of it too. Each haystack is read once per method, and each question then costs only
@@ -45,7 +47,16 @@ from typing import Any
 
 from overflow_core.training.data import Curriculum, Fact, FactWorld, Question
 
-__all__ = ["Haystack", "SharedHaystack", "evaluate", "main", "make_haystack", "make_shared_haystack", "value_kind"]
+__all__ = [
+    "Haystack",
+    "SharedHaystack",
+    "evaluate",
+    "first_token_probe",
+    "main",
+    "make_haystack",
+    "make_shared_haystack",
+    "value_kind",
+]
 
 EVAL_SEED = 987_654_321  # never used by training (training draws from seed * 1_000_003 + step)
 
@@ -275,6 +286,49 @@ def evaluate(
     return {"rows": rows}
 
 
+def first_token_probe(oprm: Any, world: FactWorld, rng: random.Random, n: int) -> dict[str, Any]:
+    """What the model predicts first, within one short context, when the answer is there.
+
+    ``n`` contexts of three facts (about half with facts about similar keys) in about 120-150 tokens, one present
+    question each, through the engine's own prompt. For each kind of value (:func:`value_kind`) it reports how often the
+    value's first token (as the model must emit it: with the leading space it has in the document) is the top prediction,
+    its median probability, and the median probability of the not-found phrase's first token. This separates "the model
+    does not recall this kind of value" from "it recalls it, but a chunk's selection or the IDK filter loses it"."""
+    import torch
+
+    from overflow_core.chunking import encode_text
+
+    rows: dict[str, dict[str, list[float]]] = {}
+    idk = sorted(oprm.idk_ids)
+    for _ in range(n):
+        facts = world.facts(rng, 3, distractor_rate=0.5 if rng.random() < 0.5 else 0.0)
+        context = world.document(rng, facts, target_chars=420)
+        fact = rng.choice(facts)
+        question = world.question(rng, fact.key, fact.attr, fact.value, present=True)
+        prompt = oprm.prompt(encode_text(oprm.tokenizer, context), oprm.encode_question(question.text))
+        _, logits = oprm.vanilla_state(prompt)
+        probs = torch.softmax(logits.reshape(-1, logits.shape[-1])[-1].float(), dim=-1)  # the last position's
+        first = oprm.tokenizer(" " + fact.value, add_special_tokens=False)["input_ids"][0]
+        row = rows.setdefault(value_kind(fact.value), {"top1": [], "p_value": [], "p_not_found": []})
+        row["top1"].append(float(int(probs.argmax()) == first))
+        row["p_value"].append(float(probs[first]))
+        row["p_not_found"].append(float(probs[idk].max()))
+
+    def median(xs: list[float]) -> float:
+        ys = sorted(xs)
+        return round((ys[(len(ys) - 1) // 2] + ys[len(ys) // 2]) / 2, 4)
+
+    return {
+        kind: {
+            "n": len(r["top1"]),
+            "top1": round(sum(r["top1"]) / len(r["top1"]), 4),
+            "median_p_value": median(r["p_value"]),
+            "median_p_not_found": median(r["p_not_found"]),
+        }
+        for kind, r in sorted(rows.items())
+    }
+
+
 def _plot(result: dict[str, Any], path: Path, train_tokens: int) -> None:
     import matplotlib
 
@@ -315,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vanilla-max-tokens", type=int, default=70_000, help="skip vanilla above this length")
     parser.add_argument("--needles", type=int, default=10, help="needles (present questions) per shared haystack")
     parser.add_argument("--out", default=None, help="folder for model_eval.json and model_accuracy.png")
+    parser.add_argument(
+        "--probe", type=int, default=None, help="contexts for the first-token probe per split (default 120; quick 16)"
+    )
     args = parser.parse_args(argv)
 
     from overflow_core.engine import OPRM
@@ -350,6 +407,14 @@ def main(argv: list[str] | None = None) -> int:
         needles=args.needles,
         log=log,
     )
+    probe = args.probe if args.probe is not None else (16 if args.quick else 120)
+    result["first_token"] = {
+        split: first_token_probe(
+            oprm, FactWorld(world_split, not_found=oprm.config.not_found), random.Random(f"{EVAL_SEED}-probe-{split}"), probe
+        )  # type: ignore[arg-type]
+        for split, world_split in (("seen", "train"), ("heldout", "heldout"))
+    }
+    log({"first_token": result["first_token"]})
     result.update(
         {
             "model": oprm.name,
