@@ -52,7 +52,8 @@ def test_abstains_on_a_chunk_without_the_key(bundled: OPRM) -> None:
 def test_evaluation_command_runs_on_a_small_sample(tmp_path: Path, capsys: Any) -> None:
     from overflow_core.training.evaluate import main
 
-    assert main(["--samples", "1", "--absent", "1", "--lengths", "256,1024", "--out", str(tmp_path)]) == 0
+    args = ["--samples", "1", "--absent", "1", "--lengths", "256,1024", "--probe", "3", "--out", str(tmp_path)]
+    assert main(args) == 0
     result = json.loads((tmp_path / "model_eval.json").read_text())
     assert {(r["split"], r["tokens"]) for r in result["rows"]} == {
         ("seen", 256),
@@ -64,6 +65,8 @@ def test_evaluation_command_runs_on_a_small_sample(tmp_path: Path, capsys: Any) 
         kinds = row["oprm_em_by_kind"]
         assert sum(k["n"] for k in kinds.values()) == row["samples"] and set(kinds) <= {"digits", "word", "other"}
         assert row["oprm_false_nf"] is not None and 0 <= row["oprm_false_nf"] <= 1
+    assert set(result["first_token"]) == {"seen", "heldout"}
+    assert all(sum(k["n"] for k in probe.values()) == 3 for probe in result["first_token"].values())
     assert (tmp_path / "model_accuracy.png").stat().st_size > 0
 
 
