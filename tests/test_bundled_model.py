@@ -52,7 +52,8 @@ def test_abstains_on_a_chunk_without_the_key(bundled: OPRM) -> None:
 def test_evaluation_command_runs_on_a_small_sample(tmp_path: Path, capsys: Any) -> None:
     from overflow_core.training.evaluate import main
 
-    args = ["--samples", "1", "--absent", "1", "--lengths", "256,1024", "--probe", "3", "--out", str(tmp_path)]
+    args = ["--samples", "1", "--absent", "1", "--lengths", "256,1024", "--probe", "3", "--axes", "2"]
+    args += ["--out", str(tmp_path)]
     assert main(args) == 0
     result = json.loads((tmp_path / "model_eval.json").read_text())
     assert {(r["split"], r["tokens"]) for r in result["rows"]} == {
@@ -67,6 +68,9 @@ def test_evaluation_command_runs_on_a_small_sample(tmp_path: Path, capsys: Any) 
         assert row["oprm_false_nf"] is not None and 0 <= row["oprm_false_nf"] <= 1
     assert set(result["first_token"]) == {"seen", "heldout"}
     assert all(sum(k["n"] for k in probe.values()) == 3 for probe in result["first_token"].values())
+    axes = result["heldout_axes"]
+    assert set(axes) == {"none", "attributes", "facts", "questions", "filler"}
+    assert all(a["n"] == 2 and 0 <= a["em"] <= 1 for a in axes.values())
     assert (tmp_path / "model_accuracy.png").stat().st_size > 0
 
 

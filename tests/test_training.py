@@ -139,3 +139,18 @@ def test_first_token_probe_reports_every_context_by_kind(engine: Any) -> None:
     for row in probe.values():
         assert 0.0 <= row["top1"] <= 1.0
         assert 0.0 < row["median_p_value"] < 1.0 and 0.0 < row["median_p_not_found"] < 1.0
+
+
+def test_one_held_out_axis_at_a_time() -> None:
+    from overflow_core.training.data import HELDOUT_FACT_CORES, HELDOUT_QUESTIONS, TRAIN_FACT_CORES, TRAIN_QUESTIONS
+
+    world = FactWorld("train", held_out=("questions",))
+    assert world.questions == HELDOUT_QUESTIONS and world.cores == TRAIN_FACT_CORES
+    assert FactWorld("heldout").cores == HELDOUT_FACT_CORES and FactWorld("train").questions == TRAIN_QUESTIONS
+    rng = random.Random(0)
+    assert all(world.attribute(rng) in FactWorld("train").attributes for _ in range(50))
+    assert all(FactWorld("train", held_out=("attributes",)).attribute(rng) in FactWorld("heldout").attributes for _ in range(9))
+    import pytest
+
+    with pytest.raises(ValueError, match="held_out"):
+        FactWorld("train", held_out=("colours",))  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Curriculum", "Fact", "FactWorld", "Question", "Sample", "Split"]
+__all__ = ["HELD_OUT_AXES", "Curriculum", "Fact", "FactWorld", "HeldOutAxis", "Question", "Sample", "Split"]
 
 Split = Literal["train", "heldout"]
 
@@ -607,28 +607,40 @@ class Curriculum:
         )
 
 
+HeldOutAxis = Literal["attributes", "facts", "questions", "filler"]
+HELD_OUT_AXES: tuple[HeldOutAxis, ...] = ("attributes", "facts", "questions", "filler")
+
+
 @dataclass
 class FactWorld:
-    """Draws samples of one split. ``split="heldout"`` uses only held-out phrasings, attributes and filler."""
+    """Draws samples of one split. ``split="heldout"`` uses only held-out attributes, fact phrasings, question phrasings
+    and filler. ``held_out=("questions",)`` on the training split holds out that axis alone, to measure which one a
+    model fails to generalise on."""
 
     split: Split = "train"
     not_found: str = "not found"
+    held_out: tuple[HeldOutAxis, ...] = ()
     attributes: dict[str, ValueGen] = field(init=False)
     cores: tuple[str, ...] = field(init=False)
     questions: tuple[str, ...] = field(init=False)
     fillers: tuple[Callable[[random.Random], str], ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        held = self.split == "heldout"
-        self.attributes = HELDOUT_ATTRIBUTES if held else {**TRAIN_ATTRIBUTES, **COMPOSED_ATTRIBUTES}
-        self.cores = HELDOUT_FACT_CORES if held else TRAIN_FACT_CORES
-        self.questions = HELDOUT_QUESTIONS if held else TRAIN_QUESTIONS
-        self.fillers = HELDOUT_FILLERS if held else TRAIN_FILLERS
+        unknown = set(self.held_out) - set(HELD_OUT_AXES)
+        if unknown:
+            raise ValueError(f"held_out: expected axes among {HELD_OUT_AXES}, got {sorted(unknown)}")
+        if self.split == "heldout":
+            self.held_out = HELD_OUT_AXES
+        held = set(self.held_out)
+        self.attributes = HELDOUT_ATTRIBUTES if "attributes" in held else {**TRAIN_ATTRIBUTES, **COMPOSED_ATTRIBUTES}
+        self.cores = HELDOUT_FACT_CORES if "facts" in held else TRAIN_FACT_CORES
+        self.questions = HELDOUT_QUESTIONS if "questions" in held else TRAIN_QUESTIONS
+        self.fillers = HELDOUT_FILLERS if "filler" in held else TRAIN_FILLERS
 
     # -- pieces ---------------------------------------------------------------------------------------------------------
     def attribute(self, r: random.Random) -> str:
         """An attribute name: on the training split a named one ("phone number") or a composed one ("vault code")."""
-        if self.split == "heldout":
+        if "attributes" in self.held_out:
             return r.choice(list(HELDOUT_ATTRIBUTES))
         if r.random() < NAMED_ATTRIBUTE_SHARE:
             return r.choice(list(TRAIN_ATTRIBUTES))

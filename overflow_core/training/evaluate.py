@@ -12,7 +12,9 @@ attributes and filler never used in training):
 - OPRM's false "not found" rate on present questions, and its exact match by the kind of value asked for
   (:func:`value_kind`: digits, one word, other);
 - a first-token probe (:func:`first_token_probe`): within one short context, how often the answer's first token is the
-  model's top prediction, by kind of value, next to the probability of "not found".
+  model's top prediction, by kind of value, next to the probability of "not found";
+- exact match within one chunk with one held-out axis at a time (:func:`heldout_axes`: attributes, fact phrasings,
+  question phrasings, filler), to show which of them breaks the held-out split.
 
 Several questions share one haystack: it holds up to ``--needles`` needle facts in different documents, and as many
 absent questions as needed are asked of it too. Each haystack is read once per method, and each question then costs only
@@ -45,13 +47,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from overflow_core.training.data import Curriculum, Fact, FactWorld, Question
+from overflow_core.training.data import HELD_OUT_AXES, Curriculum, Fact, FactWorld, Question
 
 __all__ = [
     "Haystack",
     "SharedHaystack",
     "evaluate",
     "first_token_probe",
+    "heldout_axes",
     "main",
     "make_haystack",
     "make_shared_haystack",
@@ -329,6 +332,29 @@ def first_token_probe(oprm: Any, world: FactWorld, rng: random.Random, n: int) -
     }
 
 
+def heldout_axes(oprm: Any, n: int, seed: int = EVAL_SEED) -> dict[str, Any]:
+    """Exact match within one chunk with one axis of the held-out formats at a time (``"none"``: all seen).
+
+    The held-out split changes attributes, fact phrasings, question phrasings and filler at once; this shows which of them
+    a model fails on. ``n`` contexts of three facts in about 120-150 tokens per axis, one present question each, through
+    ``oprm.answer``."""
+    out: dict[str, Any] = {}
+    for axis in ("none", *HELD_OUT_AXES):
+        world = FactWorld("train", not_found=oprm.config.not_found, held_out=() if axis == "none" else (axis,))
+        rng = random.Random(f"{seed}-axis-{axis}")
+        em = nf = 0
+        for _ in range(n):
+            facts = world.facts(rng, 3, distractor_rate=0.5 if rng.random() < 0.5 else 0.0)
+            context = world.document(rng, facts, target_chars=420)
+            fact = rng.choice(facts)
+            question = world.question(rng, fact.key, fact.attr, fact.value, present=True)
+            answer = oprm.answer(question.text, [context])
+            em += _normalise(answer.text) == _normalise(fact.value)
+            nf += answer.not_found
+        out[axis] = {"n": n, "em": round(em / n, 4), "not_found": round(nf / n, 4)}
+    return out
+
+
 def _plot(result: dict[str, Any], path: Path, train_tokens: int) -> None:
     import matplotlib
 
@@ -371,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="folder for model_eval.json and model_accuracy.png")
     parser.add_argument(
         "--probe", type=int, default=None, help="contexts for the first-token probe per split (default 120; quick 16)"
+    )
+    parser.add_argument(
+        "--axes", type=int, default=None, help="one-chunk questions per held-out axis (default 40; quick 8)"
     )
     args = parser.parse_args(argv)
 
@@ -415,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         for split, world_split in (("seen", "train"), ("heldout", "heldout"))
     }
     log({"first_token": result["first_token"]})
+    result["heldout_axes"] = heldout_axes(oprm, args.axes if args.axes is not None else (8 if args.quick else 40))
+    log({"heldout_axes": result["heldout_axes"]})
     result.update(
         {
             "model": oprm.name,
