@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from overflow_core.training.data import HELD_OUT_AXES, Curriculum, Fact, FactWorld, Question
+from overflow_core.training.data import HELD_OUT_AXES, Curriculum, Fact, FactWorld, HeldOutAxis, Question, Split
 
 __all__ = [
     "Haystack",
@@ -339,8 +339,9 @@ def heldout_axes(oprm: Any, n: int, seed: int = EVAL_SEED) -> dict[str, Any]:
     a model fails on. ``n`` contexts of three facts in about 120-150 tokens per axis, one present question each, through
     ``oprm.answer``."""
     out: dict[str, Any] = {}
-    for axis in ("none", *HELD_OUT_AXES):
-        world = FactWorld("train", not_found=oprm.config.not_found, held_out=() if axis == "none" else (axis,))
+    choices: list[tuple[str, tuple[HeldOutAxis, ...]]] = [("none", ()), *((a, (a,)) for a in HELD_OUT_AXES)]
+    for axis, held in choices:
+        world = FactWorld("train", not_found=oprm.config.not_found, held_out=held)
         rng = random.Random(f"{seed}-axis-{axis}")
         em = nf = 0
         for _ in range(n):
@@ -437,11 +438,12 @@ def main(argv: list[str] | None = None) -> int:
         log=log,
     )
     probe = args.probe if args.probe is not None else (16 if args.quick else 120)
+    splits: tuple[tuple[str, Split], ...] = (("seen", "train"), ("heldout", "heldout"))
     result["first_token"] = {
         split: first_token_probe(
             oprm, FactWorld(world_split, not_found=oprm.config.not_found), random.Random(f"{EVAL_SEED}-probe-{split}"), probe
-        )  # type: ignore[arg-type]
-        for split, world_split in (("seen", "train"), ("heldout", "heldout"))
+        )
+        for split, world_split in splits
     }
     log({"first_token": result["first_token"]})
     result["heldout_axes"] = heldout_axes(oprm, args.axes if args.axes is not None else (8 if args.quick else 40))
