@@ -1,7 +1,7 @@
 """``oprm demo``: OPRM next to whole-context inference on a bundled corpus, so a newcomer sees the difference.
 
 The corpus (``corpus/*.txt`` and ``corpus/questions.json``) is four files of records, notes and logs in the style the
-bundled model was trained on, 6,879 tokens in all (27 times the model's 256-token training length), with the facts
+bundled model was trained on, 7,404 tokens in all (29 times the model's 256-token training length), with the facts
 the questions ask about hidden in them. ``python -m overflow_core.demo --build`` regenerates it from its seed.
 """
 
@@ -21,7 +21,8 @@ SEED = 2505_07793
 
 
 def build_corpus(out: Path = CORPUS_DIR, *, seed: int = SEED, files: int = 4, docs_per_file: int = 10) -> None:
-    """Write the demo corpus: ``files`` text files of ``docs_per_file`` short documents, three hidden facts, questions."""
+    """Write the demo corpus: ``files`` text files of ``docs_per_file`` short documents, six hidden facts, and questions
+    about them plus two about facts stated nowhere (a similar name; the same person, another attribute)."""
     from transformers import AutoTokenizer
 
     from overflow_core.engine import DEFAULT_MODEL_DIR
@@ -43,14 +44,22 @@ def build_corpus(out: Path = CORPUS_DIR, *, seed: int = SEED, files: int = 4, do
             used.update((x.key, x.attr) for x in facts)
             texts[f].append(doc)
     questions = []
-    needles = [("Nadia Okafor", "locker number"), ("project Lantern", "access code"), ("Hugo Varga", "home city")]
+    needles = [
+        ("Nadia Okafor", "locker number"),
+        ("project Lantern", "access code"),
+        ("Hugo Varga", "home city"),
+        ("Elena Fischer", "birth year"),
+        ("the ship Aurora", "badge number"),
+        ("Omar Castro", "favorite color"),
+    ]
     for i, (key, attr) in enumerate(needles):
         fact = world.fact(rng, key, attr)
-        f = [3, 1, 2][i]
+        f = [3, 1, 2, 0, 2, 1][i]
         d = rng.randrange(len(texts[f]))
         texts[f][d] = texts[f][d] + " " + fact.sentence
         questions.append({"question": world.question(rng, key, attr, fact.value, True).text, "answer": fact.value})
     questions.append({"question": "What is the locker number of Nadia Ellis?", "answer": "not found"})
+    questions.append({"question": "What is the phone number of Hugo Varga?", "answer": "not found"})
     out.mkdir(parents=True, exist_ok=True)
     names = ["staff_records.txt", "project_notes.txt", "city_log.txt", "archive.txt"]
     for name, docs in zip(names, texts, strict=True):
