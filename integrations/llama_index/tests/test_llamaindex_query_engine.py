@@ -65,7 +65,13 @@ def test_every_chunk_abstaining_answers_not_found_without_asking_the_llm(tiny_en
     query_engine = OverflowQueryEngine(retriever=FixedRetriever(abstaining), llm=OverflowLLM(tiny_engine))
     response = query_engine.query(QUESTION)
     assert str(response) == NOT_FOUND_ANSWER
-    assert response.metadata == {"not_found": True}
+    assert response.metadata == {
+        "not_found": True,
+        "prompt_forward_tokens": 0,
+        "reused_tokens": 0,
+        "generated_tokens": 0,
+        "finish_reason": None,
+    }, "the usage keys a completion reports must be there, zero, when the LLM was not called"
     assert len(response.source_nodes) == 3
     assert generations == [], "with every chunk abstaining the LLM must not be asked to guess"
 

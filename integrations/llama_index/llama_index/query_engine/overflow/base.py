@@ -21,6 +21,14 @@ from overflow_core import OPRM
 __all__ = ["NOT_FOUND_ANSWER", "OverflowQueryEngine", "retriever_query_engine"]
 
 NOT_FOUND_ANSWER = "Not found in the documents."
+# The usage a response reports when every node abstained and the LLM was not called: the same keys as a completion's
+# (``OverflowLLM`` puts them in ``additional_kwargs``), so ``response.metadata["prompt_forward_tokens"]`` always exists.
+_NO_CALL_USAGE: dict[str, Any] = {
+    "prompt_forward_tokens": 0,
+    "reused_tokens": 0,
+    "generated_tokens": 0,
+    "finish_reason": None,
+}
 
 
 class OverflowQueryEngine(CustomQueryEngine):
@@ -28,7 +36,8 @@ class OverflowQueryEngine(CustomQueryEngine):
 
     When every retrieved node abstains (the model's first answer token starts "not found"), or the model answers
     with the not-found phrase, the response is ``not_found_answer`` and ``response.metadata["not_found"]`` is True; the
-    LLM is not asked to guess. ``response.source_nodes`` holds every retrieved node with its score.
+    LLM is not asked to guess. ``response.metadata`` also carries the completion's usage (``prompt_forward_tokens``,
+    ``reused_tokens``, ``generated_tokens``, ``finish_reason``): zeros and None when the LLM was not called. ``response.source_nodes`` holds every retrieved node with its score.
 
     Args:
         retriever: any retriever; with a non-Overflow retriever, add an ``OverflowRerank`` to ``node_postprocessors``.
@@ -74,7 +83,7 @@ class OverflowQueryEngine(CustomQueryEngine):
         nodes = self._postprocess(self.retriever.retrieve(query_str), query_str)
         prompt = self._prompt(nodes, query_str)
         if prompt is None:
-            return self._response(nodes, None, {})
+            return self._response(nodes, None, _NO_CALL_USAGE)
         completion = self.llm.complete(prompt, formatted=True)
         return self._response(nodes, completion.text, completion.additional_kwargs)
 
@@ -84,7 +93,7 @@ class OverflowQueryEngine(CustomQueryEngine):
             nodes = await postprocessor.apostprocess_nodes(nodes, query_str=query_str)
         prompt = self._prompt(nodes, query_str)
         if prompt is None:
-            return self._response(nodes, None, {})
+            return self._response(nodes, None, _NO_CALL_USAGE)
         completion = await self.llm.acomplete(prompt, formatted=True)
         return self._response(nodes, completion.text, completion.additional_kwargs)
 
