@@ -37,7 +37,8 @@ class OverflowQueryEngine(CustomQueryEngine):
     When every retrieved node abstains (the model's first answer token starts "not found"), or the model answers
     with the not-found phrase, the response is ``not_found_answer`` and ``response.metadata["not_found"]`` is True; the
     LLM is not asked to guess. ``response.metadata`` also carries the completion's usage (``prompt_forward_tokens``,
-    ``reused_tokens``, ``generated_tokens``, ``finish_reason``): zeros and None when the LLM was not called. ``response.source_nodes`` holds every retrieved node with its score.
+    ``reused_tokens``, ``generated_tokens``, ``finish_reason``): zeros and None when the LLM was not called.
+    ``response.source_nodes`` holds every retrieved node with its score.
 
     Args:
         retriever: any retriever; with a non-Overflow retriever, add an ``OverflowRerank`` to ``node_postprocessors``.
