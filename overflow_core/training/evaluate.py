@@ -289,6 +289,15 @@ def evaluate(
     return {"rows": rows}
 
 
+def _one_chunk_question(world: FactWorld, rng: random.Random) -> tuple[str, Fact, Question]:
+    """A context of three facts (half the time with facts about similar keys) in about 420 characters, one of its facts,
+    and a question that asks for it."""
+    facts = world.facts(rng, 3, distractor_rate=0.5 if rng.random() < 0.5 else 0.0)
+    context = world.document(rng, facts, target_chars=420)
+    fact = rng.choice(facts)
+    return context, fact, world.question(rng, fact.key, fact.attr, fact.value, present=True)
+
+
 def first_token_probe(oprm: Any, world: FactWorld, rng: random.Random, n: int) -> dict[str, Any]:
     """What the model predicts first, within one short context, when the answer is there.
 
@@ -304,10 +313,7 @@ def first_token_probe(oprm: Any, world: FactWorld, rng: random.Random, n: int) -
     rows: dict[str, dict[str, list[float]]] = {}
     idk = sorted(oprm.idk_ids)
     for _ in range(n):
-        facts = world.facts(rng, 3, distractor_rate=0.5 if rng.random() < 0.5 else 0.0)
-        context = world.document(rng, facts, target_chars=420)
-        fact = rng.choice(facts)
-        question = world.question(rng, fact.key, fact.attr, fact.value, present=True)
+        context, fact, question = _one_chunk_question(world, rng)
         prompt = oprm.prompt(encode_text(oprm.tokenizer, context), oprm.encode_question(question.text))
         _, logits = oprm.vanilla_state(prompt)
         probs = torch.softmax(logits.reshape(-1, logits.shape[-1])[-1].float(), dim=-1)  # the last position's
@@ -345,10 +351,7 @@ def heldout_axes(oprm: Any, n: int, seed: int = EVAL_SEED) -> dict[str, Any]:
         rng = random.Random(f"{seed}-axis-{axis}")
         em = nf = 0
         for _ in range(n):
-            facts = world.facts(rng, 3, distractor_rate=0.5 if rng.random() < 0.5 else 0.0)
-            context = world.document(rng, facts, target_chars=420)
-            fact = rng.choice(facts)
-            question = world.question(rng, fact.key, fact.attr, fact.value, present=True)
+            context, fact, question = _one_chunk_question(world, rng)
             answer = oprm.answer(question.text, [context])
             em += _normalise(answer.text) == _normalise(fact.value)
             nf += answer.not_found
