@@ -607,6 +607,12 @@ class Curriculum:
         )
 
 
+COMPANY_SUFFIXES = ("Ltd", "Group", "Labs", "Works")
+# attribute names in a fixed order, drawn from once per fact
+_NAMED_NAMES = tuple(TRAIN_ATTRIBUTES)
+_COMPOSED_NAMES = tuple(COMPOSED_ATTRIBUTES)
+_HELDOUT_NAMES = tuple(HELDOUT_ATTRIBUTES)
+
 HeldOutAxis = Literal["attributes", "facts", "questions", "filler"]
 HELD_OUT_AXES: tuple[HeldOutAxis, ...] = ("attributes", "facts", "questions", "filler")
 
@@ -641,10 +647,10 @@ class FactWorld:
     def attribute(self, r: random.Random) -> str:
         """An attribute name: on the training split a named one ("phone number") or a composed one ("vault code")."""
         if "attributes" in self.held_out:
-            return r.choice(list(HELDOUT_ATTRIBUTES))
+            return r.choice(_HELDOUT_NAMES)
         if r.random() < NAMED_ATTRIBUTE_SHARE:
-            return r.choice(list(TRAIN_ATTRIBUTES))
-        return r.choice(list(COMPOSED_ATTRIBUTES))
+            return r.choice(_NAMED_NAMES)
+        return r.choice(_COMPOSED_NAMES)
 
     def key(self, r: random.Random) -> str:
         kind = r.random()
@@ -655,15 +661,15 @@ class FactWorld:
             return f"project {word}"
         if kind < 0.9:
             return f"the ship {word}"
-        return f"{word} {r.choice(['Ltd', 'Group', 'Labs', 'Works'])}"
+        return f"{word} {r.choice(COMPANY_SUFFIXES)}"
 
     def similar_key(self, r: random.Random, key: str) -> str:
         """A key that shares all but one word with ``key`` ("Alice Weber" for "Alice Adler", "project Velo" for
         "project Falcon")."""
         parts = key.split(" ")
-        if len(parts) == 2 and parts[1] not in ("Ltd", "Group", "Labs", "Works") and parts[0] != "project":
+        if len(parts) == 2 and parts[1] not in COMPANY_SUFFIXES and parts[0] != "project":
             return f"{parts[0]} {_last(r)}" if r.random() < 0.5 else f"{_first(r)} {parts[1]}"
-        if len(parts) > 1 and parts[-1] in ("Ltd", "Group", "Labs", "Works"):
+        if len(parts) > 1 and parts[-1] in COMPANY_SUFFIXES:
             return f"{_name(r)} {parts[-1]}"
         return f"{' '.join(parts[:-1])} {_name(r)}" if len(parts) > 1 else self.key(r)
 

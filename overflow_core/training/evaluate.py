@@ -309,6 +309,7 @@ def first_token_probe(oprm: Any, world: FactWorld, rng: random.Random, n: int) -
     import torch
 
     from overflow_core.chunking import encode_text
+    from overflow_core.training.train import answer_ids
 
     rows: dict[str, dict[str, list[float]]] = {}
     idk = sorted(oprm.idk_ids)
@@ -317,7 +318,7 @@ def first_token_probe(oprm: Any, world: FactWorld, rng: random.Random, n: int) -
         prompt = oprm.prompt(encode_text(oprm.tokenizer, context), oprm.encode_question(question.text))
         _, logits = oprm.vanilla_state(prompt)
         probs = torch.softmax(logits.reshape(-1, logits.shape[-1])[-1].float(), dim=-1)  # the last position's
-        first = oprm.tokenizer(" " + fact.value, add_special_tokens=False)["input_ids"][0]
+        first = answer_ids(oprm.tokenizer, fact.value)[0]
         row = rows.setdefault(value_kind(fact.value), {"top1": [], "p_value": [], "p_not_found": []})
         row["top1"].append(float(int(probs.argmax()) == first))
         row["p_value"].append(float(probs[first]))

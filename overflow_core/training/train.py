@@ -33,7 +33,7 @@ from overflow_core.training.tokenizer import train_tokenizer
 
 logger = logging.getLogger("overflow_core.training")
 
-__all__ = ["TrainConfig", "encode_sample", "export", "train"]
+__all__ = ["TrainConfig", "answer_ids", "encode_sample", "export", "train"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,13 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def answer_ids(tokenizer: Any, answer: str) -> list[int]:
+    """The tokens the model is trained to answer ``answer`` with: with the leading space the value has inside a sentence,
+    so that answering is copying the context's tokens (without it, "Paris" is "P ar is" here and "ĠP ar is" in the
+    context; see docs/model.md, run v2)."""
+    return _ids(tokenizer, " " + answer)
+
+
 def encode_sample(tokenizer: Any, sample: Sample, max_context: int) -> tuple[list[int], list[float]] | None:
     """Token ids and per-token loss weights (weight of predicting token t from tokens < t).
 
@@ -102,9 +109,7 @@ def encode_sample(tokenizer: Any, sample: Sample, max_context: int) -> tuple[lis
     for i, q in enumerate(sample.questions):
         lead = list(parts.infix[:0]) if i == 0 else follow_up
         prompt = [*lead, *_ids(tokenizer, q.text), *parts.suffix]
-        # with the leading space the value has inside a sentence, so that answering is copying the context's tokens
-        # (without it, "Paris" is "P ar is" here and "ĠP ar is" in the context; see docs/model.md, run v2)
-        answer = [*_ids(tokenizer, " " + q.answer), end]
+        answer = [*answer_ids(tokenizer, q.answer), end]
         ids += prompt + answer
         weights += [0.25] * len(prompt) + [1.0] * len(answer)
     return ids, weights

@@ -29,6 +29,19 @@ from overflow_core import OPRM
 
 __all__ = ["OverflowLLM", "overflow_qa_template", "overflow_refine_template"]
 
+
+def usage(generation: Any = None) -> dict[str, Any]:
+    """The usage a completion reports in ``additional_kwargs``; with no generation (the LLM was not called), the same
+    keys with zeros and no finish reason."""
+    if generation is None:
+        return {"prompt_forward_tokens": 0, "reused_tokens": 0, "generated_tokens": 0, "finish_reason": None}
+    return {
+        "prompt_forward_tokens": generation.prompt_forward_tokens,
+        "reused_tokens": generation.reused_tokens,
+        "generated_tokens": len(generation.token_ids),
+        "finish_reason": generation.finish_reason,
+    }
+
 _T = TypeVar("_T")
 _DONE = object()
 
@@ -168,12 +181,7 @@ class OverflowLLM(CustomLLM):
 
     @staticmethod
     def _usage(generation: Any) -> dict[str, Any]:
-        return {
-            "prompt_forward_tokens": generation.prompt_forward_tokens,
-            "reused_tokens": generation.reused_tokens,
-            "generated_tokens": len(generation.token_ids),
-            "finish_reason": generation.finish_reason,
-        }
+        return usage(generation)
 
     def _complete_ids(
         self, ids: Sequence[int], kwargs: dict[str, Any], lstrip: bool | None = None

@@ -14,6 +14,7 @@ from llama_index.core.query_engine import CustomQueryEngine, RetrieverQueryEngin
 from llama_index.core.response_synthesizers import CompactAndRefine
 from llama_index.core.schema import BaseNode, NodeWithScore
 from llama_index.llms.overflow import OverflowLLM, overflow_qa_template, overflow_refine_template
+from llama_index.llms.overflow.base import usage
 from llama_index.retrievers.overflow import OverflowRetriever, is_abstaining, node_text
 
 from overflow_core import OPRM
@@ -21,14 +22,6 @@ from overflow_core import OPRM
 __all__ = ["NOT_FOUND_ANSWER", "OverflowQueryEngine", "retriever_query_engine"]
 
 NOT_FOUND_ANSWER = "Not found in the documents."
-# The usage a response reports when every node abstained and the LLM was not called: the same keys as a completion's
-# (``OverflowLLM`` puts them in ``additional_kwargs``), so ``response.metadata["prompt_forward_tokens"]`` always exists.
-_NO_CALL_USAGE: dict[str, Any] = {
-    "prompt_forward_tokens": 0,
-    "reused_tokens": 0,
-    "generated_tokens": 0,
-    "finish_reason": None,
-}
 
 
 class OverflowQueryEngine(CustomQueryEngine):
@@ -84,7 +77,7 @@ class OverflowQueryEngine(CustomQueryEngine):
         nodes = self._postprocess(self.retriever.retrieve(query_str), query_str)
         prompt = self._prompt(nodes, query_str)
         if prompt is None:
-            return self._response(nodes, None, _NO_CALL_USAGE)
+            return self._response(nodes, None, usage())
         completion = self.llm.complete(prompt, formatted=True)
         return self._response(nodes, completion.text, completion.additional_kwargs)
 
@@ -94,7 +87,7 @@ class OverflowQueryEngine(CustomQueryEngine):
             nodes = await postprocessor.apostprocess_nodes(nodes, query_str=query_str)
         prompt = self._prompt(nodes, query_str)
         if prompt is None:
-            return self._response(nodes, None, _NO_CALL_USAGE)
+            return self._response(nodes, None, usage())
         completion = await self.llm.acomplete(prompt, formatted=True)
         return self._response(nodes, completion.text, completion.additional_kwargs)
 
