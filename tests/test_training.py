@@ -154,3 +154,132 @@ def test_one_held_out_axis_at_a_time() -> None:
 
     with pytest.raises(ValueError, match="held_out"):
         FactWorld("train", held_out=("colours",))  # type: ignore[arg-type]
+
+
+# -- stage 2: open vocabulary and key checking ----------------------------------------------------------------------------
+
+
+def test_stage_one_data_is_unchanged() -> None:
+    """The committed recipe must reproduce the committed weights, so the stage-1 draws are pinned: any change to the
+    generator that alters them (a new draw, a reordered list) fails here and needs a retraining."""
+    import hashlib
+
+    from overflow_core.training.data import Curriculum
+
+    digest = hashlib.sha256()
+    world = FactWorld("train")
+    for step in range(0, 2400, 60):
+        digest.update(repr(world.sample(random.Random(step * 1_000_003), Curriculum.at(step / 2400))).encode())
+    assert digest.hexdigest()[:16] == STAGE_ONE_DIGEST
+
+
+STAGE_ONE_DIGEST = "647c6b53880dea7b"  # the draws of v4's stage 1 (checked against the pre-stage-2 generator)
+
+
+def test_open_generators_add_no_held_out_word_or_construction() -> None:
+    from overflow_core.training.data import (
+        HELDOUT_ATTRIBUTE_WORDS,
+        open_attribute,
+        open_fact_sentence,
+        open_filler,
+        open_question,
+    )
+
+    rng = random.Random(11)
+    names = [open_attribute(rng) for _ in range(3000)]
+    assert len(set(names)) > 1500, "open attribute names must be too many to memorise"
+    assert not {w for n in names for w in n.split()} & HELDOUT_ATTRIBUTE_WORDS
+    sentences = [open_fact_sentence(rng, "Rosa Vidal", a, "4412") for a in names]
+    forbidden_facts = ("(", "uses", "appears with", "everyone knows", "in the records")
+    assert not [s for s in sentences if any(f in s.lower() for f in forbidden_facts)]
+    assert all("Rosa Vidal" in s and "4412" in s for s in sentences)
+    orders = {s.index("Rosa") < s.index("4412") for s in sentences}
+    assert orders == {True, False}, "the value must come both before and after the key"
+    questions = [open_question(rng, "Rosa Vidal", a) for a in names[:500]]
+    forbidden_questions = ("could you find", "i need the", "look up", "report the", "that belongs to")
+    assert not [q for q in questions if any(f in q.lower() for f in forbidden_questions)]
+    fillers = [open_filler(rng) for _ in range(500)]
+    forbidden_filler = {"cups", "stir", "minutes", "valve", "switch", "panel", "cable", "filter", "press", "reset", "check"}
+    assert not {w.strip(".").lower() for f in fillers for w in f.split()} & forbidden_filler
+
+
+def test_open_values_follow_the_attribute_head_and_stay_fixed_per_name() -> None:
+    from overflow_core.training.data import open_value
+
+    rng = random.Random(3)
+    assert all(open_value("brusik number", rng).isdigit() for _ in range(20))
+    assert all(open_value("castle color", rng).isalpha() for _ in range(20))
+    kinds = {value_kind(open_value("talemo", rng)) for _ in range(20)}
+    assert len(kinds) == 1, "a headless made-up name always takes one kind of value"
+
+
+def test_open_share_mixes_open_data_into_the_training_split_only() -> None:
+    from overflow_core.training.data import COMPOSED_ATTRIBUTES, TRAIN_ATTRIBUTES, Curriculum
+
+    rng = random.Random(8)
+    world = FactWorld("train", open_share=0.3)
+    facts = [f for _ in range(100) for f in world.sample(rng, Curriculum.key_checking(), n_facts=4).facts]
+    listed = sum(f.attr in TRAIN_ATTRIBUTES or f.attr in COMPOSED_ATTRIBUTES for f in facts)
+    assert 0.55 < listed / len(facts) < 0.85
+    held = FactWorld("heldout", open_share=0.3)
+    assert all(f.attr in held.attributes for f in held.sample(rng, Curriculum.key_checking(), n_facts=6).facts)
+    one_axis = FactWorld("train", held_out=("attributes",), open_share=1.0)
+    assert all(one_axis.attribute(rng) in held.attributes for _ in range(20))
+    import pytest
+
+    with pytest.raises(ValueError, match="open_share"):
+        FactWorld("train", open_share=1.5)
+
+
+def test_key_checking_curriculum_asks_mostly_about_stated_attributes_of_other_keys() -> None:
+    """Stage 2's absent questions name an attribute the context states, for a key it does not state it for."""
+    from overflow_core.training.data import Curriculum
+
+    rng, world, cur = random.Random(4), FactWorld("train"), Curriculum.key_checking()
+    absent = other_key_same_attr = 0
+    for _ in range(200):
+        sample = world.sample(rng, cur)
+        stated = {(f.key, f.attr) for f in sample.facts}
+        for q in sample.questions:
+            if not q.present:
+                assert (q.key, q.attr) not in stated
+                absent += 1
+                other_key_same_attr += any(f.attr == q.attr for f in sample.facts)
+    assert absent > 600 and other_key_same_attr / absent > 0.5
+
+
+def test_stage_two_continues_an_export_and_resumes_to_the_same_weights(tmp_path: Any) -> None:
+    """Stage 2 starts from a model folder; a run stopped after one step and resumed ends with the weights of a run that
+    was never stopped (the data for step s is a function of the seed and s)."""
+    import json
+    from dataclasses import replace
+
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from overflow_core.engine import DEFAULT_MODEL_DIR
+    from overflow_core.training.train import TrainConfig, build_model, export, train
+
+    sizes = {"hidden_size": 32, "layers": 1, "state_size": 8, "head_dim": 16, "batch_size": 2, "eval_every": 0}
+    tok = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
+    init = tmp_path / "stage1"
+    build_model(TrainConfig(**sizes), tok).save_pretrained(str(init))  # type: ignore[arg-type]
+    tok.save_pretrained(str(init))
+    (init / "overflow.json").write_text(json.dumps({"trained": {"steps": 0, "seed": 0}}))
+    cfg = TrainConfig(**sizes, steps=2, stage=2, init=str(init), open_share=0.3, warmup=1)  # type: ignore[arg-type]
+    train(tmp_path / "whole", cfg)
+    train(tmp_path / "split", replace(cfg, steps=1))
+    train(tmp_path / "split", cfg)
+    whole = load_file(str(tmp_path / "whole" / "checkpoint" / "model.safetensors"))
+    split = load_file(str(tmp_path / "split" / "checkpoint" / "model.safetensors"))
+    assert whole.keys() == split.keys() and all(torch.equal(whole[k], split[k]) for k in whole)
+    start = load_file(str(init / "model.safetensors"))
+    assert not torch.equal(whole["backbone.embeddings.weight"], start["backbone.embeddings.weight"])
+    settings = json.loads((export(tmp_path / "whole", tmp_path / "out") / "overflow.json").read_text())
+    assert settings["trained"]["stage"] == 2 and settings["trained"]["continued_from"] == {"steps": 0, "seed": 0}
+    with pytest.raises(ValueError, match="only stage 2"):
+        TrainConfig(stage=2)
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
+        train(tmp_path / "bad", replace(cfg, init=str(tmp_path)))

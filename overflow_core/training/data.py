@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import string
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -562,6 +563,11 @@ class Curriculum:
     distractor_rate: float = 0.5  # facts about keys similar to a queried one
     decoration_rate: float = 1.0  # facts that may get an opening ("Note: ") and an ending (" Nobody disputes this.")
     questions: int = 4
+    # How distractor facts and hard negatives split between their kinds, as two cumulative thresholds on one draw:
+    # below the first a similar key with the same attribute, below the second the same key with another attribute,
+    # above it an unrelated key with the same attribute (the kind that checks the model reads the key).
+    distractor_mix: tuple[float, float] = (0.6, 1.0)
+    negative_mix: tuple[float, float] = (0.4, 0.8)
 
     @classmethod
     def at(cls, progress: float) -> Curriculum:
@@ -606,6 +612,153 @@ class Curriculum:
             questions=8,
         )
 
+    @classmethod
+    def key_checking(cls, progress: float = 0.0) -> Curriculum:
+        """Stage 2, continued from a stage-1 model that already copies values: full-length contexts where the asked
+        attribute is often stated for other keys. Half of the questions are absent, and most hard negatives name an
+        unrelated or similar key with an attribute the context does state, the confident-wrong-chunk failure that
+        limits OPRM over hundreds of chunks (docs/model.md, v4). Constant over the stage: ``progress`` is accepted for a
+        uniform interface."""
+        del progress
+        return cls(
+            max_facts=8,
+            min_chars=100,
+            max_chars=880,
+            empty_rate=0.08,
+            absent_rate=0.5,
+            hard_negative_rate=0.85,
+            distractor_rate=0.6,
+            questions=8,
+            distractor_mix=(0.3, 0.55),
+            negative_mix=(0.2, 0.45),
+        )
+
+
+# -- open vocabulary (stage 2) ------------------------------------------------------------------------------------------
+# Generators rather than lists, for the continuation stage (``FactWorld(open_share=...)``): attribute names that are
+# made-up words or new modifier combinations, fact sentences composed in any order of key, attribute and value, question
+# wordings and filler composed from parts. They add no word or construction of the held-out split: the tests check that
+# none of the held-out attribute words, fact-core skeletons, question openings or filler words comes out of them.
+EXTRA_MODIFIERS = (
+    "river", "bridge", "station", "market", "castle", "forest", "island", "village", "lake", "mountain", "camp", "farm",
+    "museum", "hotel", "print", "server", "network", "wallet", "insurance", "tax", "voting", "pension", "sailing",
+    "hangar", "mail", "courier", "warehouse", "lab", "project", "contract", "invoice", "order", "exam", "seat", "bus",
+)  # fmt: skip
+HELDOUT_ATTRIBUTE_WORDS = frozenset(w for name in HELDOUT_ATTRIBUTES for w in name.split()) - {"code", "favorite"}
+
+
+def _open_word(r: random.Random) -> str:
+    """A made-up attribute word that is not a held-out attribute word (``_pseudo`` can spell "mentor")."""
+    while True:
+        word = _pseudo(r)
+        if word not in HELDOUT_ATTRIBUTE_WORDS:
+            return word
+
+
+def open_attribute(r: random.Random) -> str:
+    """An attribute name nobody listed: "brusik number", "talemo", "castle code", "night hangar PIN"."""
+    kind = r.random()
+    heads = tuple(ATTRIBUTE_HEADS)
+    if kind < 0.35:
+        return f"{_open_word(r)} {r.choice(heads)}"
+    if kind < 0.6:
+        return _open_word(r)
+    if kind < 0.85:
+        return f"{r.choice(EXTRA_MODIFIERS)} {r.choice(heads)}"
+    return f"{r.choice(ATTRIBUTE_MODIFIERS + EXTRA_MODIFIERS)} {r.choice(EXTRA_MODIFIERS)} {r.choice(heads)}"
+
+
+def open_value(attr: str, r: random.Random) -> str:
+    """A value for an open attribute: of its head's kind when its last word is a head ("... number"), else of a kind fixed
+    by the name (crc32, stable across runs), so one name always takes one kind of value."""
+    head = attr.rsplit(" ", 1)[-1]
+    gens = tuple(ATTRIBUTE_HEADS.values())
+    gen = ATTRIBUTE_HEADS.get(head) or gens[zlib.crc32(attr.encode()) % len(gens)]
+    return gen(r)
+
+
+_LEADS = ("", "", "", "Update: ", "FYI, ", "For the record, ", "Per the ledger, ", "It turns out that ", "Heads up: ")
+_ENDS = (".", ".", ".", ";", "!", " - confirmed.", ", as agreed.", ", for now.")
+_POSSESSIVE_LINKS = ("'s ", "'s current ", "'s registered ")
+_IS = (" is ", ": ", " = ", " -> ", " was ", " reads ", " equals ", " is set to ", " stays ", " became ")
+_OF = ("of", "for", "at", "held by", "given to", "linked to", "filed for", "issued to")
+_VALUE_IS = ("is", "was", "serves as", "remains", "became", "stands as", "is listed as", "counts as")
+_KEY_VERBS = ("has", "got", "picked", "chose", "holds", "received", "registered", "listed", "owns", "wrote down", "kept")
+_AS_THE = ("as the", "as their", "as its", "for the", "as the new")
+
+
+def open_fact_sentence(r: random.Random, key: str, attr: str, value: str) -> str:
+    """A fact sentence composed in one of six orders of key (K), attribute (A) and value (V) from small pools of links:
+    "The talemo held by Rosa Vidal became 4412!", "4412 is listed as the talemo of Rosa Vidal.", "Rosa Vidal chose 4412
+    as the talemo.", "Rosa Vidal, talemo -> 4412." No pool holds a held-out construction or its punctuation (parentheses, "uses",
+    "appears with", "Everyone knows", "In the records")."""
+    order = r.randrange(6)
+    the = r.choice(("the ", "the ", "")) if not attr[0].isupper() else ""
+    if order == 0:  # K A V
+        core = f"{key}{r.choice(_POSSESSIVE_LINKS)}{attr}{r.choice(_IS)}{value}"
+    elif order == 1:  # A K V
+        core = f"{the}{attr} {r.choice(_OF)} {key}{r.choice(_IS)}{value}"
+    elif order == 2:  # V A K
+        core = f"{value} {r.choice(_VALUE_IS)} {the}{attr} {r.choice(_OF)} {key}"
+    elif order == 3:  # K V A
+        core = f"{key} {r.choice(_KEY_VERBS)} {value} {r.choice(_AS_THE)} {attr}"
+    elif order == 4:  # V K A
+        core = f"{value} {r.choice(_VALUE_IS)} {key}{r.choice(_POSSESSIVE_LINKS)}{attr}"
+    else:  # K, A V
+        core = f"{key}{r.choice((', ', ' | ', ' / ', ' - '))}{attr}{r.choice(_IS)}{value}"
+    lead = r.choice(_LEADS)
+    if lead and not core.startswith((key, value)):
+        core = core[0].lower() + core[1:]
+    sentence = f"{lead}{core}{r.choice(_ENDS)}"
+    return sentence[0].upper() + sentence[1:]
+
+
+_ASK_LEADS = ("", "", "", "Quick question: ", "Hi! ", "Hello, ", "One more thing: ", "Help me out: ", "Okay. ")
+_ASKS = (
+    "what's the {attr} of {key}",
+    "what {attr} does {key} have",
+    "{key} {attr}",
+    "the {attr} of {key}, please",
+    "which is {key}'s {attr}",
+    "what was recorded as the {attr} of {key}",
+    "tell me {key}'s {attr}",
+    "show the {attr} for {key}",
+    "what {attr} goes with {key}",
+    "search the text for the {attr} of {key}",
+    "{attr} of {key}",
+    "what did {key} give as the {attr}",
+    "is there a {attr} for {key}",
+    "{key} - {attr}",
+)
+_ASK_ENDS = ("?", "?", "", ".", "??")
+
+
+def open_question(r: random.Random, key: str, attr: str) -> str:
+    """A question composed of a lead, one of many asks and an ending: "Hi! What goes with ... ?", "Rosa Vidal talemo". No
+    held-out opening ("Could you find", "I need the", "Look up") comes out of it."""
+    ask = r.choice(_ASKS).format(key=key, attr=attr)
+    end = r.choice(_ASK_ENDS) if not ask.endswith("please") else "."
+    lead = r.choice(_ASK_LEADS)
+    if lead.endswith(("! ", ". ")):
+        ask = ask[0].upper() + ask[1:]
+    text = f"{lead}{ask}{end}"
+    return text[0].upper() + text[1:]
+
+
+_SUBJECTS = ("the crew", "a neighbour", "the committee", "our team", "the driver", "the guide", "a visitor", "the clerk")
+_VERBS = ("painted", "visited", "cleaned", "moved", "photographed", "repaired", "described", "measured", "ignored")
+_OBJECTS = ("the fence", "the old mill", "a boat", "the hallway", "the north wing", "a statue", "the stairs", "the roof")
+_WHEN = ("yesterday", "last spring", "after lunch", "on Friday", "at dawn", "twice", "before the storm", "in silence")
+
+
+def open_filler(r: random.Random) -> str:
+    """A filler sentence composed from parts, sometimes with made-up words: "The crew repaired the brusik at dawn." It uses
+    no word of the held-out fillers (cups, stir, minutes, valve, switch, panel, cable, filter, press, reset, check)."""
+    obj = r.choice(_OBJECTS) if r.random() < 0.7 else f"the {_pseudo(r)}"
+    subject = r.choice(_SUBJECTS) if r.random() < 0.8 else _name(r)
+    sentence = f"{subject} {r.choice(_VERBS)} {obj} {r.choice(_WHEN)}."
+    return sentence[0].upper() + sentence[1:]
+
 
 COMPANY_SUFFIXES = ("Ltd", "Group", "Labs", "Works")
 # attribute names in a fixed order, drawn from once per fact
@@ -626,6 +779,7 @@ class FactWorld:
     split: Split = "train"
     not_found: str = "not found"
     held_out: tuple[HeldOutAxis, ...] = ()
+    open_share: float = 0.0  # share of attributes, fact sentences, questions and filler from the open generators
     attributes: dict[str, ValueGen] = field(init=False)
     cores: tuple[str, ...] = field(init=False)
     questions: tuple[str, ...] = field(init=False)
@@ -635,6 +789,8 @@ class FactWorld:
         unknown = set(self.held_out) - set(HELD_OUT_AXES)
         if unknown:
             raise ValueError(f"held_out: expected axes among {HELD_OUT_AXES}, got {sorted(unknown)}")
+        if not 0.0 <= self.open_share <= 1.0:
+            raise ValueError(f"open_share: expected a share in [0, 1], got {self.open_share}")
         if self.split == "heldout":
             self.held_out = HELD_OUT_AXES
         held = set(self.held_out)
@@ -648,6 +804,8 @@ class FactWorld:
         """An attribute name: on the training split a named one ("phone number") or a composed one ("vault code")."""
         if "attributes" in self.held_out:
             return r.choice(_HELDOUT_NAMES)
+        if self._open(r):
+            return open_attribute(r)
         if r.random() < NAMED_ATTRIBUTE_SHARE:
             return r.choice(_NAMED_NAMES)
         return r.choice(_COMPOSED_NAMES)
@@ -673,8 +831,19 @@ class FactWorld:
             return f"{_name(r)} {parts[-1]}"
         return f"{' '.join(parts[:-1])} {_name(r)}" if len(parts) > 1 else self.key(r)
 
+    def _open(self, r: random.Random) -> bool:
+        """Whether this draw comes from the open generators (no draw at all when ``open_share`` is 0, so stage-1 data is
+        unchanged by their existence)."""
+        return self.split == "train" and self.open_share > 0.0 and r.random() < self.open_share
+
+    def value(self, r: random.Random, attr: str) -> str:
+        gen = self.attributes.get(attr)
+        return gen(r) if gen is not None else open_value(attr, r)
+
     def fact(self, r: random.Random, key: str, attr: str, decorate: bool = True) -> Fact:
-        value = self.attributes[attr](r)
+        value = self.value(r, attr)
+        if "facts" not in self.held_out and self._open(r):
+            return Fact(key=key, attr=attr, value=value, sentence=open_fact_sentence(r, key, attr, value))
         core = r.choice(self.cores).format(key=key, attr=attr, value=value)
         if not decorate:
             return Fact(key=key, attr=attr, value=value, sentence=core[0].upper() + core[1:])
@@ -685,22 +854,39 @@ class FactWorld:
         return Fact(key=key, attr=attr, value=value, sentence=sentence[0].upper() + sentence[1:])
 
     def filler(self, r: random.Random) -> str:
+        if "filler" not in self.held_out and self._open(r):
+            return open_filler(r)
         return r.choice(self.fillers)(r)
 
     def question(self, r: random.Random, key: str, attr: str, answer: str, present: bool) -> Question:
-        text = r.choice(self.questions).format(key=key, attr=attr)
+        if "questions" not in self.held_out and self._open(r):
+            text = open_question(r, key, attr)
+        else:
+            text = r.choice(self.questions).format(key=key, attr=attr)
         return Question(text=text[0].upper() + text[1:], answer=answer, key=key, attr=attr, present=present)
 
     # -- samples --------------------------------------------------------------------------------------------------------
-    def facts(self, r: random.Random, n: int, distractor_rate: float, decoration_rate: float = 1.0) -> list[Fact]:
+    def facts(
+        self,
+        r: random.Random,
+        n: int,
+        distractor_rate: float,
+        decoration_rate: float = 1.0,
+        mix: tuple[float, float] = (0.6, 1.0),
+    ) -> list[Fact]:
+        """``n`` facts; a share ``distractor_rate`` of them after the first are about an earlier fact's key or attribute,
+        split by ``mix`` (see ``Curriculum.distractor_mix``)."""
         out: list[Fact] = []
         used: set[tuple[str, str]] = set()
         while len(out) < n:
             if out and r.random() < distractor_rate:
-                base = r.choice(out)
-                key, attr = (
-                    (self.similar_key(r, base.key), base.attr) if r.random() < 0.6 else (base.key, self.attribute(r))
-                )
+                base, kind = r.choice(out), r.random()
+                if kind < mix[0]:
+                    key, attr = self.similar_key(r, base.key), base.attr
+                elif kind < mix[1]:
+                    key, attr = base.key, self.attribute(r)
+                else:
+                    key, attr = self.key(r), base.attr
             else:
                 key, attr = self.key(r), self.attribute(r)
             if (key, attr) in used:
@@ -709,15 +895,18 @@ class FactWorld:
             out.append(self.fact(r, key, attr, decorate=r.random() < decoration_rate))
         return out
 
-    def absent_question(self, r: random.Random, facts: list[Fact], hard_rate: float) -> Question:
+    def absent_question(
+        self, r: random.Random, facts: list[Fact], hard_rate: float, mix: tuple[float, float] = (0.4, 0.8)
+    ) -> Question:
         present = {(f.key, f.attr) for f in facts}
         for _ in range(50):
             if facts and r.random() < hard_rate:
-                # a present key with another attribute, a similar key with a present attribute, or any other key with it
+                # a present key with another attribute, a similar key with a present attribute, or any other key with it,
+                # split by ``mix`` (see ``Curriculum.negative_mix``)
                 base, kind = r.choice(facts), r.random()
-                if kind < 0.4:
+                if kind < mix[0]:
                     key, attr = base.key, self.attribute(r)
-                elif kind < 0.8:
+                elif kind < mix[1]:
                     key, attr = self.similar_key(r, base.key), base.attr
                 else:
                     key, attr = self.key(r), base.attr
@@ -753,14 +942,18 @@ class FactWorld:
         """One context with ``curriculum.questions`` questions. ``n_facts=0`` gives a fact-free context."""
         if n_facts is None:
             n_facts = 0 if r.random() < curriculum.empty_rate else r.randint(1, curriculum.max_facts)
-        facts = self.facts(r, n_facts, curriculum.distractor_rate, curriculum.decoration_rate)
+        facts = self.facts(
+            r, n_facts, curriculum.distractor_rate, curriculum.decoration_rate, curriculum.distractor_mix
+        )
         if target_chars is None:
             target_chars = r.randint(curriculum.min_chars, curriculum.max_chars)
         context = self.document(r, facts, target_chars)
         questions = []
         for _ in range(curriculum.questions):
             if not facts or r.random() < curriculum.absent_rate:
-                questions.append(self.absent_question(r, facts, curriculum.hard_negative_rate))
+                questions.append(
+                    self.absent_question(r, facts, curriculum.hard_negative_rate, curriculum.negative_mix)
+                )
             else:
                 f = r.choice(facts)
                 questions.append(self.question(r, f.key, f.attr, f.value, present=True))

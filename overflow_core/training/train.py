@@ -53,8 +53,20 @@ class TrainConfig:
     vocab_size: int = 2048
     chunk_tokens: int = 256  # the training length: contexts are at most this many tokens
     checkpoint_every: int = 100
-    eval_every: int = 200
+    eval_every: int = 200  # 0: no in-training evaluation
     threads: int = 2
+    stage: int = 1  # 1: the from-scratch curriculum; 2: the key-checking, open-vocabulary continuation
+    init: str = ""  # stage 2: the model folder (an export of stage 1) to continue from
+    open_share: float = 0.0  # stage 2: share of data from the open-vocabulary generators (data.FactWorld.open_share)
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage: expected 1 (from scratch) or 2 (continuation), got {self.stage}")
+        if (self.stage == 2) != bool(self.init):
+            raise ValueError(f"stage {self.stage} with init={self.init!r}: stage 2, and only stage 2, starts from --init")
+
+    def curriculum(self, progress: float) -> Curriculum:
+        return Curriculum.at(progress) if self.stage == 1 else Curriculum.key_checking(progress)
 
 
 def build_model(cfg: TrainConfig, tokenizer: Any) -> Any:
@@ -118,7 +130,7 @@ def encode_sample(tokenizer: Any, sample: Sample, max_context: int) -> tuple[lis
 def _batch(
     tokenizer: Any, world: FactWorld, rng: random.Random, cfg: TrainConfig, progress: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    curriculum = Curriculum.at(progress)
+    curriculum = cfg.curriculum(progress)
     rows: list[tuple[list[int], list[float]]] = []
     while len(rows) < cfg.batch_size:
         encoded = encode_sample(tokenizer, world.sample(rng, curriculum), cfg.chunk_tokens)
@@ -225,18 +237,36 @@ def _load_checkpoint(run: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     return int(state["step"]), float(state["elapsed_s"])
 
 
+def _load_init(model: torch.nn.Module, folder: Path) -> None:
+    """Load a stage-1 export's weights into ``model`` (built from the same ``TrainConfig`` sizes)."""
+    missing, unexpected = load_model(model, str(folder / "model.safetensors"), strict=False)
+    tied = {"lm_head.weight"}  # tied to the embeddings: save_pretrained stores it once
+    if set(missing) - tied or unexpected:
+        raise ValueError(
+            f"--init {folder}: weights do not fit the configured model (missing {sorted(set(missing) - tied)}, "
+            f"unexpected {sorted(unexpected)}); expected a model of the TrainConfig sizes"
+        )
+
+
 def train(run_dir: str | Path, cfg: TrainConfig) -> Path:
     """Train (or resume) in ``run_dir``; returns the checkpoint folder."""
     from transformers import AutoTokenizer
 
     torch.set_num_threads(cfg.threads)
     run = Path(run_dir)
+    if cfg.init and not (Path(cfg.init) / "model.safetensors").is_file():
+        raise FileNotFoundError(f"--init {cfg.init}: expected a model folder with model.safetensors (a stage-1 --export)")
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     if not (run / "tokenizer" / "tokenizer.json").exists():
-        train_tokenizer(run / "tokenizer", vocab_size=cfg.vocab_size, seed=cfg.seed + 1)
+        if cfg.init:  # a continuation keeps the tokenizer its embeddings were trained with
+            AutoTokenizer.from_pretrained(cfg.init).save_pretrained(str(run / "tokenizer"))
+        else:
+            train_tokenizer(run / "tokenizer", vocab_size=cfg.vocab_size, seed=cfg.seed + 1)
     tokenizer = AutoTokenizer.from_pretrained(str(run / "tokenizer"))
     model = build_model(cfg, tokenizer)
+    if cfg.init:
+        _load_init(model, Path(cfg.init))
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW(
@@ -245,7 +275,7 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> Path:
         betas=(0.9, 0.95),
     )
     step, elapsed = _load_checkpoint(run, model, opt)
-    world = FactWorld("train")
+    world = FactWorld("train", open_share=cfg.open_share)
     log = (run / "log.jsonl").open("a")
     model.train()
     start = time.time() - elapsed
@@ -269,7 +299,7 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> Path:
             record["tokens"] = int(ids.numel())
             log.write(json.dumps(record) + "\n")
             log.flush()
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             log.write(json.dumps({"step": step, "eval": quick_eval(model, tokenizer, seed=10_000 + cfg.seed)}) + "\n")
             log.flush()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -300,6 +330,9 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
         "max_new_tokens": 24,
         "trained": {"steps": state["step"], "wall_time_s": round(state["elapsed_s"]), "seed": cfg.seed},
     }
+    if cfg.init:  # a continuation: report its stage and the stages it continued
+        earlier = json.loads((Path(cfg.init) / "overflow.json").read_text()).get("trained", {})
+        settings["trained"] = {**settings["trained"], "stage": cfg.stage, "continued_from": earlier}
     (out / "overflow.json").write_text(json.dumps(settings, indent=2) + "\n")
     return out
 
@@ -311,13 +344,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--threads", type=int, default=TrainConfig.threads)
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate")
+    parser.add_argument("--warmup", type=int, default=TrainConfig.warmup, help="warm-up steps")
+    parser.add_argument("--stage", type=int, default=TrainConfig.stage, choices=(1, 2))
+    parser.add_argument("--init", default="", help="stage 2: the stage-1 model folder (an --export) to continue from")
+    parser.add_argument("--open-share", type=float, default=TrainConfig.open_share)
     parser.add_argument("--export", metavar="DIR", help="export the run's checkpoint as a model folder and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.export:
         print(export(args.run, args.export))
         return
-    cfg = TrainConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size, threads=args.threads)
+    cfg = TrainConfig(
+        steps=args.steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        lr=args.lr,
+        warmup=args.warmup,
+        stage=args.stage,
+        init=args.init,
+        open_share=args.open_share,
+    )
     train(args.run, cfg)
 
 
