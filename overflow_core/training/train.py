@@ -322,17 +322,18 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     tokenizer.save_pretrained(str(out))
     template = build_template(tokenizer)
     state = json.loads((run / "checkpoint" / "state.json").read_text())
+    trained: dict[str, Any] = {"steps": state["step"], "wall_time_s": round(state["elapsed_s"]), "seed": cfg.seed}
+    if cfg.init:  # a continuation: report its stage and the stages it continued
+        earlier = json.loads((Path(cfg.init) / "overflow.json").read_text()).get("trained", {})
+        trained.update(stage=cfg.stage, continued_from=earlier)
     settings = {
         "chunk_tokens": cfg.chunk_tokens,
         "not_found": DEFAULT_NOT_FOUND,
         "template": template.to_dict(),
         "stop": ["<|end|>"],
         "max_new_tokens": 24,
-        "trained": {"steps": state["step"], "wall_time_s": round(state["elapsed_s"]), "seed": cfg.seed},
+        "trained": trained,
     }
-    if cfg.init:  # a continuation: report its stage and the stages it continued
-        earlier = json.loads((Path(cfg.init) / "overflow.json").read_text()).get("trained", {})
-        settings["trained"] = {**settings["trained"], "stage": cfg.stage, "continued_from": earlier}
     (out / "overflow.json").write_text(json.dumps(settings, indent=2) + "\n")
     return out
 
