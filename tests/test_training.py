@@ -7,7 +7,7 @@ from typing import Any
 
 from overflow_core.testing import assert_same_ranking
 from overflow_core.training.data import FactWorld
-from overflow_core.training.evaluate import _vanilla_reader, make_shared_haystack, value_kind
+from overflow_core.training.evaluate import _vanilla_reader, chunk_kind, make_shared_haystack, value_kind
 
 
 def test_shared_haystack_places_each_needle_once_and_absent_questions_match_nothing(engine: Any) -> None:
@@ -68,6 +68,17 @@ def test_the_answer_is_tokenized_as_the_value_inside_the_context() -> None:
         answer = [t for t, w in zip(ids, weights, strict=True) if w == 1.0][:-1]  # the value's tokens, without <|end|>
         context = list(tok(sentence, add_special_tokens=False)["input_ids"])
         assert any(context[i : i + len(answer)] == answer for i in range(len(context))), (value, answer, context)
+
+
+def test_chunk_kind_says_what_a_chunk_shares_with_the_question() -> None:
+    text = "Rosa Vidal's PIN is 4412. The vault code of Omar Novak is KX-311."
+    assert chunk_kind(text, "Omar Novak", "vault code") == "key+attribute"
+    assert chunk_kind(text, "Omar Novak", "PIN") == "key+attribute"
+    assert chunk_kind(text, "Rosa Vidal", "badge number") == "key"
+    assert chunk_kind(text, "Nadia Okafor", "pin") == "attribute"
+    assert chunk_kind(text, "Nadia Okafor", "code") == "attribute"
+    assert chunk_kind(text, "Rosa", "vault") == "key+attribute"
+    assert chunk_kind("The pinned note of Rosalind.", "Rosa", "PIN") == "neither", "whole words only"
 
 
 def test_value_kind_separates_digits_words_and_the_rest() -> None:
@@ -231,21 +242,40 @@ def test_open_share_mixes_open_data_into_the_training_split_only() -> None:
         FactWorld("train", open_share=1.5)
 
 
-def test_key_checking_curriculum_asks_mostly_about_stated_attributes_of_other_keys() -> None:
-    """Stage 2's absent questions name an attribute the context states, for a key it does not state it for."""
+def test_key_checking_curriculum_asks_about_stated_attributes_of_other_keys_and_near_attributes() -> None:
+    """Stage 2's absent questions mostly name an attribute the context states, for a key it does not state it for, or an
+    attribute one word away from a stated one; stage 1's never name a near attribute."""
     from overflow_core.training.data import Curriculum
 
-    rng, world, cur = random.Random(4), FactWorld("train"), Curriculum.key_checking()
-    absent = other_key_same_attr = 0
-    for _ in range(200):
-        sample = world.sample(rng, cur)
-        stated = {(f.key, f.attr) for f in sample.facts}
-        for q in sample.questions:
-            if not q.present:
-                assert (q.key, q.attr) not in stated
-                absent += 1
-                other_key_same_attr += any(f.attr == q.attr for f in sample.facts)
-    assert absent > 600 and other_key_same_attr / absent > 0.5
+    def kinds(cur: Curriculum) -> tuple[int, float, float]:
+        rng, world = random.Random(4), FactWorld("train")
+        absent, same_attr, near = 0, 0, 0
+        for _ in range(200):
+            sample = world.sample(rng, cur)
+            stated = {(f.key, f.attr) for f in sample.facts}
+            for q in sample.questions:
+                if not q.present:
+                    assert (q.key, q.attr) not in stated
+                    absent += 1
+                    same_attr += any(f.attr == q.attr for f in sample.facts)
+                    words = set(q.attr.split())
+                    near += any(f.attr != q.attr and len(words & set(f.attr.split())) >= 1 for f in sample.facts)
+        return absent, same_attr / absent, near / absent
+
+    absent, same_attr, near = kinds(Curriculum.key_checking())
+    assert absent > 600 and same_attr > 0.3 and near > 0.3, (absent, same_attr, near)
+    _, stage_one_same, _ = kinds(Curriculum.at(0.9))
+    assert stage_one_same < same_attr
+
+
+def test_near_attributes_differ_in_one_word() -> None:
+    from overflow_core.training.data import near_attribute
+
+    rng = random.Random(2)
+    for attr in ("locker number", "PIN", "best friend", "night hangar code", "talemo"):
+        for _ in range(30):
+            near = near_attribute(rng, attr)
+            assert near != attr and set(near.split()) & set(attr.split()), (attr, near)
 
 
 def test_stage_two_continues_an_export_and_resumes_to_the_same_weights(tmp_path: Any) -> None:

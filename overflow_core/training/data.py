@@ -563,11 +563,15 @@ class Curriculum:
     distractor_rate: float = 0.5  # facts about keys similar to a queried one
     decoration_rate: float = 1.0  # facts that may get an opening ("Note: ") and an ending (" Nobody disputes this.")
     questions: int = 4
-    # How distractor facts and hard negatives split between their kinds, as two cumulative thresholds on one draw:
-    # below the first a similar key with the same attribute, below the second the same key with another attribute,
-    # above it an unrelated key with the same attribute (the kind that checks the model reads the key).
-    distractor_mix: tuple[float, float] = (0.6, 1.0)
-    negative_mix: tuple[float, float] = (0.4, 0.8)
+    # How distractor facts and hard negatives split between their kinds: three cumulative thresholds on one uniform
+    # draw. Distractor facts about an earlier fact: a similar key with its attribute / its key with another attribute /
+    # an unrelated key with its attribute / a near attribute (one word changed: "badge number" beside "locker number"),
+    # for its key or another. Absent questions about a stated fact: its key with another attribute / a similar key with
+    # its attribute / an unrelated key with its attribute / a near attribute, for its key or another. The defaults are
+    # stage 1's (no unrelated-key distractors, no near attributes); stage 2 weights the last two kinds, which check that
+    # the model reads the key and the whole attribute.
+    distractor_mix: tuple[float, float, float] = (0.6, 1.0, 1.0)
+    negative_mix: tuple[float, float, float] = (0.4, 0.8, 1.0)
 
     @classmethod
     def at(cls, progress: float) -> Curriculum:
@@ -629,8 +633,8 @@ class Curriculum:
             hard_negative_rate=0.85,
             distractor_rate=0.6,
             questions=8,
-            distractor_mix=(0.3, 0.55),
-            negative_mix=(0.2, 0.45),
+            distractor_mix=(0.25, 0.45, 0.7),
+            negative_mix=(0.15, 0.35, 0.65),
         )
 
 
@@ -760,6 +764,22 @@ def open_filler(r: random.Random) -> str:
     return sentence[0].upper() + sentence[1:]
 
 
+def near_attribute(r: random.Random, attr: str) -> str:
+    """An attribute name one word away from ``attr``: another modifier or another head ("badge number" or "locker code"
+    for "locker number"; "backup PIN" or "PIN number" for "PIN"). Built from training words only."""
+    words = attr.split(" ")
+    heads = tuple(ATTRIBUTE_HEADS)
+    while True:
+        if len(words) == 1:
+            near = f"{attr} {r.choice(heads)}" if r.random() < 0.5 else f"{r.choice(ATTRIBUTE_MODIFIERS)} {attr}"
+        elif words[-1] in ATTRIBUTE_HEADS and r.random() < 0.5:
+            near = " ".join([*words[:-1], r.choice(heads)])
+        else:
+            near = f"{r.choice(ATTRIBUTE_MODIFIERS + EXTRA_MODIFIERS)} {words[-1]}"
+        if near.lower() != attr.lower():
+            return near
+
+
 COMPANY_SUFFIXES = ("Ltd", "Group", "Labs", "Works")
 # attribute names in a fixed order, drawn from once per fact
 _NAMED_NAMES = tuple(TRAIN_ATTRIBUTES)
@@ -831,6 +851,11 @@ class FactWorld:
             return f"{_name(r)} {parts[-1]}"
         return f"{' '.join(parts[:-1])} {_name(r)}" if len(parts) > 1 else self.key(r)
 
+    def near_attribute(self, r: random.Random, attr: str) -> str:
+        """An attribute one word away from ``attr`` (:func:`near_attribute`); with held-out attributes, another one of
+        them, so no training word enters the held-out names."""
+        return self.attribute(r) if "attributes" in self.held_out else near_attribute(r, attr)
+
     def _open(self, r: random.Random) -> bool:
         """Whether this draw comes from the open generators (no draw at all when ``open_share`` is 0, so stage-1 data is
         unchanged by their existence)."""
@@ -872,7 +897,7 @@ class FactWorld:
         n: int,
         distractor_rate: float,
         decoration_rate: float = 1.0,
-        mix: tuple[float, float] = (0.6, 1.0),
+        mix: tuple[float, float, float] = (0.6, 1.0, 1.0),
     ) -> list[Fact]:
         """``n`` facts; a share ``distractor_rate`` of them after the first are about an earlier fact's key or attribute,
         split by ``mix`` (see ``Curriculum.distractor_mix``)."""
@@ -885,8 +910,10 @@ class FactWorld:
                     key, attr = self.similar_key(r, base.key), base.attr
                 elif kind < mix[1]:
                     key, attr = base.key, self.attribute(r)
-                else:
+                elif kind < mix[2]:
                     key, attr = self.key(r), base.attr
+                else:
+                    key, attr = (base.key if r.random() < 0.5 else self.key(r)), self.near_attribute(r, base.attr)
             else:
                 key, attr = self.key(r), self.attribute(r)
             if (key, attr) in used:
@@ -896,7 +923,7 @@ class FactWorld:
         return out
 
     def absent_question(
-        self, r: random.Random, facts: list[Fact], hard_rate: float, mix: tuple[float, float] = (0.4, 0.8)
+        self, r: random.Random, facts: list[Fact], hard_rate: float, mix: tuple[float, float, float] = (0.4, 0.8, 1.0)
     ) -> Question:
         present = {(f.key, f.attr) for f in facts}
         for _ in range(50):
@@ -908,8 +935,10 @@ class FactWorld:
                     key, attr = base.key, self.attribute(r)
                 elif kind < mix[1]:
                     key, attr = self.similar_key(r, base.key), base.attr
-                else:
+                elif kind < mix[2]:
                     key, attr = self.key(r), base.attr
+                else:
+                    key, attr = (base.key if r.random() < 0.5 else self.key(r)), self.near_attribute(r, base.attr)
             else:
                 key, attr = self.key(r), self.attribute(r)
             if (key, attr) not in present:

@@ -8,7 +8,8 @@ attributes and filler never used in training):
 - exact match of vanilla whole-context inference and of OPRM;
 - the rate of correct "not found" answers on absent keys (both methods);
 - OPRM's hit rate (the chosen chunk holds the needle) and per-chunk abstention: the share of chunks without the needle
-  that the IDK filter dropped;
+  that the IDK filter dropped, overall and by what the chunk shares with the question (:func:`chunk_kind`: the asked key,
+  the asked attribute for other keys, both, or neither), which shows whether a model checks the key;
 - OPRM's false "not found" rate on present questions, and its exact match by the kind of value asked for
   (:func:`value_kind`: digits, one word, other);
 - a first-token probe (:func:`first_token_probe`): within one short context, how often the answer's first token is the
@@ -41,6 +42,7 @@ import json
 import math
 import platform
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ from overflow_core.training.data import HELD_OUT_AXES, Curriculum, Fact, FactWor
 __all__ = [
     "Haystack",
     "SharedHaystack",
+    "chunk_kind",
     "evaluate",
     "first_token_probe",
     "heldout_axes",
@@ -181,6 +184,21 @@ def value_kind(value: str) -> str:
     return "other"
 
 
+CHUNK_KINDS = ("neither", "attribute", "key", "key+attribute")
+
+
+def chunk_kind(text: str, key: str, attr: str) -> str:
+    """What a chunk that lacks the answer shares with the question: ``"attribute"`` when it names the asked attribute
+    (for other keys), ``"key"`` when it names the asked key (with other attributes), ``"key+attribute"`` when it names
+    both (but not as one fact), else ``"neither"``. Whole words, case-insensitive."""
+
+    def has(phrase: str) -> bool:
+        return re.search(rf"(?<!\w){re.escape(phrase.lower())}(?!\w)", text.lower()) is not None
+
+    k, a = has(key), has(attr)
+    return CHUNK_KINDS[2 * k + a]
+
+
 def _normalise(text: str) -> str:
     return " ".join(text.strip().strip(".").lower().split())
 
@@ -231,6 +249,7 @@ def evaluate(
             }
             by_kind: dict[str, list[float]] = {}
             abstain_num = abstain_den = chunks = haystacks = 0
+            abstain_by_kind: dict[str, list[int]] = {}
             todo_present, todo_absent = samples, absent_samples
             run_vanilla = length <= vanilla_max_tokens
             t0 = time.time()
@@ -254,6 +273,9 @@ def evaluate(
                         if needle is None or needle.value not in sc.chunk.text:
                             abstain_den += 1
                             abstain_num += int(sc.idk)
+                            tally = abstain_by_kind.setdefault(chunk_kind(sc.chunk.text, q.key, q.attr), [0, 0])
+                            tally[0] += int(sc.idk)
+                            tally[1] += 1
                     v_text, v_nf = vanilla(q.text) if vanilla is not None else ("", False)
                     if needle is not None:
                         em = float(_normalise(answer.text) == _normalise(q.answer))
@@ -280,6 +302,10 @@ def evaluate(
                 "absent_samples": len(stats["oprm_nf"]),
                 **{k: (round(sum(v) / len(v), 4) if v else None) for k, v in stats.items()},
                 "chunk_abstention": round(abstain_num / abstain_den, 5) if abstain_den else None,
+                "chunk_abstention_by_kind": {
+                    kind: {"n": den, "abstention": round(num / den, 5)}
+                    for kind, (num, den) in sorted(abstain_by_kind.items(), key=lambda kv: CHUNK_KINDS.index(kv[0]))
+                },
                 "oprm_em_by_kind": {k: {"n": len(v), "em": round(sum(v) / len(v), 4)} for k, v in sorted(by_kind.items())},
                 "seconds": round(time.time() - t0, 1),
             }
@@ -346,6 +372,8 @@ def heldout_axes(oprm: Any, n: int, seed: int = EVAL_SEED) -> dict[str, Any]:
     a model fails on. ``n`` contexts of three facts in about 120-150 tokens per axis, one present question each, through
     ``oprm.answer``."""
     out: dict[str, Any] = {}
+    if n <= 0:
+        return out
     choices: list[tuple[str, tuple[HeldOutAxis, ...]]] = [("none", ()), *((a, (a,)) for a in HELD_OUT_AXES)]
     for axis, held in choices:
         world = FactWorld("train", not_found=oprm.config.not_found, held_out=held)
