@@ -67,7 +67,7 @@ def test_evaluation_command_runs_on_a_small_sample(tmp_path: Path, capsys: Any) 
         assert sum(k["n"] for k in kinds.values()) == row["samples"] and set(kinds) <= {"digits", "word", "other"}
         assert row["oprm_false_nf"] is not None and 0 <= row["oprm_false_nf"] <= 1
         by_kind = row["chunk_abstention_by_kind"]
-        assert set(by_kind) <= {"neither", "attribute", "key", "key+attribute"}
+        assert set(by_kind) <= {"neither", "near attribute", "attribute", "key", "key+attribute"}
         rates = [k["abstention"] * k["n"] for k in by_kind.values()]
         assert sum(rates) / sum(k["n"] for k in by_kind.values()) == pytest.approx(row["chunk_abstention"], abs=1e-4)
     assert set(result["first_token"]) == {"seen", "heldout"}

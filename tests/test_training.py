@@ -77,6 +77,7 @@ def test_chunk_kind_says_what_a_chunk_shares_with_the_question() -> None:
     assert chunk_kind(text, "Rosa Vidal", "badge number") == "key"
     assert chunk_kind(text, "Nadia Okafor", "pin") == "attribute"
     assert chunk_kind(text, "Nadia Okafor", "code") == "attribute"
+    assert chunk_kind(text, "Nadia Okafor", "locker code") == "near attribute"
     assert chunk_kind(text, "Rosa", "vault") == "key+attribute"
     assert chunk_kind("The pinned note of Rosalind.", "Rosa", "PIN") == "neither", "whole words only"
 

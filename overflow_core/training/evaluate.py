@@ -9,7 +9,8 @@ attributes and filler never used in training):
 - the rate of correct "not found" answers on absent keys (both methods);
 - OPRM's hit rate (the chosen chunk holds the needle) and per-chunk abstention: the share of chunks without the needle
   that the IDK filter dropped, overall and by what the chunk shares with the question (:func:`chunk_kind`: the asked key,
-  the asked attribute for other keys, both, or neither), which shows whether a model checks the key;
+  the asked attribute for other keys, a word of it, both, or neither), which shows whether a model checks the key and
+  the whole attribute;
 - OPRM's false "not found" rate on present questions, and its exact match by the kind of value asked for
   (:func:`value_kind`: digits, one word, other);
 - a first-token probe (:func:`first_token_probe`): within one short context, how often the answer's first token is the
@@ -184,19 +185,24 @@ def value_kind(value: str) -> str:
     return "other"
 
 
-CHUNK_KINDS = ("neither", "attribute", "key", "key+attribute")
+CHUNK_KINDS = ("neither", "near attribute", "attribute", "key", "key+attribute")
 
 
 def chunk_kind(text: str, key: str, attr: str) -> str:
-    """What a chunk that lacks the answer shares with the question: ``"attribute"`` when it names the asked attribute
-    (for other keys), ``"key"`` when it names the asked key (with other attributes), ``"key+attribute"`` when it names
-    both (but not as one fact), else ``"neither"``. Whole words, case-insensitive."""
+    """What a chunk that lacks the answer shares with the question: ``"key+attribute"`` when it names the asked key and
+    the asked attribute (but not as one fact), ``"key"`` the key only, ``"attribute"`` the attribute only (for other
+    keys), ``"near attribute"`` a word of the attribute only ("badge number" for "locker number"), else ``"neither"``.
+    Whole words, case-insensitive."""
+    lowered = text.lower()
 
     def has(phrase: str) -> bool:
-        return re.search(rf"(?<!\w){re.escape(phrase.lower())}(?!\w)", text.lower()) is not None
+        return re.search(rf"(?<!\w){re.escape(phrase.lower())}(?!\w)", lowered) is not None
 
-    k, a = has(key), has(attr)
-    return CHUNK_KINDS[2 * k + a]
+    if has(key):
+        return "key+attribute" if has(attr) else "key"
+    if has(attr):
+        return "attribute"
+    return "near attribute" if any(has(word) for word in attr.split()) else "neither"
 
 
 def _normalise(text: str) -> str:
