@@ -7,7 +7,10 @@ filter relies on once there are hundreds of chunks.
 
 Variety is composed, not enumerated: fact sentences are opening x core x ending, values come from many generators, and filler
 comes from several small grammars. A part of every axis is held out (``split="heldout"``) so the evaluation can measure
-generalization to phrasings, attributes and filler that training never saw.
+generalization to phrasings, attributes and filler that training never saw. Training stage 2 adds open-vocabulary
+generators (``FactWorld(open_share=...)``: made-up attribute names, fact sentences in any order of key, attribute and
+value, composed questions and filler) and key-checking negatives (``Curriculum.key_checking``); with ``open_share=0`` and
+stage 1's curricula the draws are exactly those of stage 1.
 
 Everything is driven by a ``random.Random``; the same seed gives the same data.
 """
@@ -21,7 +24,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["HELD_OUT_AXES", "Curriculum", "Fact", "FactWorld", "HeldOutAxis", "Question", "Sample", "Split"]
+__all__ = [
+    "HELD_OUT_AXES",
+    "Curriculum",
+    "Fact",
+    "FactWorld",
+    "HeldOutAxis",
+    "Question",
+    "Sample",
+    "Split",
+    "near_attribute",
+    "open_attribute",
+    "open_fact_sentence",
+    "open_filler",
+    "open_question",
+    "open_value",
+]
 
 Split = Literal["train", "heldout"]
 

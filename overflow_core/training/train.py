@@ -1,15 +1,20 @@
 """Train the bundled default model from scratch on CPU: seeded, resumable, checkpointed (safetensors only).
 
-Usage::
+Usage (the shipped weights; docs/model.md, "Reproduce")::
 
-    python -m overflow_core.training.train --run runs/default --steps 2000 --seed 0
-    python -m overflow_core.training.train --run runs/default --export overflow_core/models/default   # after training
+    python -m overflow_core.training.train --run runs/v4 --steps 2400 --seed 0                 # stage 1, from scratch
+    python -m overflow_core.training.train --run runs/v4 --export runs/v4/model
+    python -m overflow_core.training.train --run runs/v5 --steps 760 --seed 1 --stage 2 --init runs/v4/model \
+        --open-share 0.3 --lr 1e-3 --warmup 50                                                 # stage 2, continued
+    python -m overflow_core.training.train --run runs/v5 --export overflow_core/models/default
 
 The recipe follows ``shared/TRAINING_NOTES.md``: an easy start (few facts, short contexts) with loss on every token (context
 weight 0.25, answer weight 1), then longer contexts, more facts, more absent questions and harder negatives. Each context is
 followed by several question turns (the first in exactly the engine's prompt format, the rest as follow-up chat turns), which
-gives several answers of supervision per context read. Data for step ``s`` is drawn from ``Random(seed * 1_000_003 + s)``,
-so a resumed run sees exactly the data an uninterrupted run would have seen.
+gives several answers of supervision per context read. Stage 2 continues a stage-1 export on full-length contexts aimed at
+key checking, with part of the data from open-vocabulary generators (``Curriculum.key_checking``, ``FactWorld.open_share``).
+Data for step ``s`` is drawn from ``Random(seed * 1_000_003 + s)``, so a resumed run sees exactly the data an
+uninterrupted run would have seen.
 """
 
 from __future__ import annotations
@@ -323,9 +328,10 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     template = build_template(tokenizer)
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     trained: dict[str, Any] = {"steps": state["step"], "wall_time_s": round(state["elapsed_s"]), "seed": cfg.seed}
-    if cfg.init:  # a continuation: report its stage and the stages it continued
-        earlier = json.loads((Path(cfg.init) / "overflow.json").read_text()).get("trained", {})
-        trained.update(stage=cfg.stage, continued_from=earlier)
+    if cfg.init:  # a continuation: report its stage and the stage it continued (its record, or its folder if gone)
+        init_settings = Path(cfg.init) / "overflow.json"
+        earlier = json.loads(init_settings.read_text()).get("trained", {}) if init_settings.is_file() else {}
+        trained.update(stage=cfg.stage, continued_from=earlier or {"folder": cfg.init})
     settings = {
         "chunk_tokens": cfg.chunk_tokens,
         "not_found": DEFAULT_NOT_FOUND,
