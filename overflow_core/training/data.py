@@ -712,8 +712,8 @@ _AS_THE = ("as the", "as their", "as its", "for the", "as the new")
 def open_fact_sentence(r: random.Random, key: str, attr: str, value: str) -> str:
     """A fact sentence composed in one of six orders of key (K), attribute (A) and value (V) from small pools of links:
     "The talemo held by Rosa Vidal became 4412!", "4412 is listed as the talemo of Rosa Vidal.", "Rosa Vidal chose 4412
-    as the talemo.", "Rosa Vidal, talemo -> 4412." No pool holds a held-out construction or its punctuation (parentheses, "uses",
-    "appears with", "Everyone knows", "In the records")."""
+    as the talemo.", "Rosa Vidal, talemo -> 4412." No pool holds a held-out construction or its punctuation
+    (parentheses, "uses", "appears with", "Everyone knows", "In the records")."""
     order = r.randrange(6)
     the = r.choice(("the ", "the ", "")) if not attr[0].isupper() else ""
     if order == 0:  # K A V
