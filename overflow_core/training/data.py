@@ -9,8 +9,8 @@ Variety is composed, not enumerated: fact sentences are opening x core x ending,
 comes from several small grammars. A part of every axis is held out (``split="heldout"``) so the evaluation can measure
 generalization to phrasings, attributes and filler that training never saw. Training stage 2 adds open-vocabulary
 generators (``FactWorld(open_share=...)``: made-up attribute names, fact sentences in any order of key, attribute and
-value, composed questions and filler) and key-checking negatives (``Curriculum.key_checking``); with ``open_share=0`` and
-stage 1's curricula the draws are exactly those of stage 1.
+value, composed questions and filler) and key-checking negatives (``Curriculum.key_checking``); with
+``open_share=0`` and stage 1's curricula the draws are exactly those of stage 1.
 
 Everything is driven by a ``random.Random``; the same seed gives the same data.
 """
