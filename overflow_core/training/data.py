@@ -667,6 +667,9 @@ EXTRA_MODIFIERS = (
     "hangar", "mail", "courier", "warehouse", "lab", "project", "contract", "invoice", "order", "exam", "seat", "bus",
 )  # fmt: skip
 HELDOUT_ATTRIBUTE_WORDS = frozenset(w for name in HELDOUT_ATTRIBUTES for w in name.split()) - {"code", "favorite"}
+_HEADS = tuple(ATTRIBUTE_HEADS)
+_HEAD_GENERATORS = tuple(ATTRIBUTE_HEADS.values())
+_ALL_MODIFIERS = ATTRIBUTE_MODIFIERS + EXTRA_MODIFIERS
 
 
 def _open_word(r: random.Random) -> str:
@@ -680,22 +683,20 @@ def _open_word(r: random.Random) -> str:
 def open_attribute(r: random.Random) -> str:
     """An attribute name nobody listed: "brusik number", "talemo", "castle code", "night hangar PIN"."""
     kind = r.random()
-    heads = tuple(ATTRIBUTE_HEADS)
     if kind < 0.35:
-        return f"{_open_word(r)} {r.choice(heads)}"
+        return f"{_open_word(r)} {r.choice(_HEADS)}"
     if kind < 0.6:
         return _open_word(r)
     if kind < 0.85:
-        return f"{r.choice(EXTRA_MODIFIERS)} {r.choice(heads)}"
-    return f"{r.choice(ATTRIBUTE_MODIFIERS + EXTRA_MODIFIERS)} {r.choice(EXTRA_MODIFIERS)} {r.choice(heads)}"
+        return f"{r.choice(EXTRA_MODIFIERS)} {r.choice(_HEADS)}"
+    return f"{r.choice(_ALL_MODIFIERS)} {r.choice(EXTRA_MODIFIERS)} {r.choice(_HEADS)}"
 
 
 def open_value(attr: str, r: random.Random) -> str:
     """A value for an open attribute: of its head's kind when its last word is a head ("... number"), else of a kind fixed
     by the name (crc32, stable across runs), so one name always takes one kind of value."""
     head = attr.rsplit(" ", 1)[-1]
-    gens = tuple(ATTRIBUTE_HEADS.values())
-    gen = ATTRIBUTE_HEADS.get(head) or gens[zlib.crc32(attr.encode()) % len(gens)]
+    gen = ATTRIBUTE_HEADS.get(head) or _HEAD_GENERATORS[zlib.crc32(attr.encode()) % len(_HEAD_GENERATORS)]
     return gen(r)
 
 
@@ -786,14 +787,13 @@ def near_attribute(r: random.Random, attr: str) -> str:
     """An attribute name one word away from ``attr``: another modifier or another head ("badge number" or "locker code"
     for "locker number"; "backup PIN" or "PIN number" for "PIN"). Built from training words only."""
     words = attr.split(" ")
-    heads = tuple(ATTRIBUTE_HEADS)
     while True:
         if len(words) == 1:
-            near = f"{attr} {r.choice(heads)}" if r.random() < 0.5 else f"{r.choice(ATTRIBUTE_MODIFIERS)} {attr}"
+            near = f"{attr} {r.choice(_HEADS)}" if r.random() < 0.5 else f"{r.choice(ATTRIBUTE_MODIFIERS)} {attr}"
         elif words[-1] in ATTRIBUTE_HEADS and r.random() < 0.5:
-            near = " ".join([*words[:-1], r.choice(heads)])
+            near = " ".join([*words[:-1], r.choice(_HEADS)])
         else:
-            near = f"{r.choice(ATTRIBUTE_MODIFIERS + EXTRA_MODIFIERS)} {words[-1]}"
+            near = f"{r.choice(_ALL_MODIFIERS)} {words[-1]}"
         if near.lower() != attr.lower():
             return near
 
@@ -805,6 +805,11 @@ _COMPOSED_NAMES = tuple(COMPOSED_ATTRIBUTES)
 _HELDOUT_NAMES = tuple(HELDOUT_ATTRIBUTES)
 
 HeldOutAxis = Literal["attributes", "facts", "questions", "filler"]
+# How a distractor fact or an absent question relates to a stated fact (see ``Curriculum.distractor_mix``); the two
+# orders are the ones the mixes' thresholds are written against.
+Relation = Literal["similar key", "other attribute", "other key", "near attribute"]
+_DISTRACTOR_RELATIONS: tuple[Relation, ...] = ("similar key", "other attribute", "other key", "near attribute")
+_NEGATIVE_RELATIONS: tuple[Relation, ...] = ("other attribute", "similar key", "other key", "near attribute")
 HELD_OUT_AXES: tuple[HeldOutAxis, ...] = ("attributes", "facts", "questions", "filler")
 
 
@@ -909,6 +914,21 @@ class FactWorld:
         return Question(text=text[0].upper() + text[1:], answer=answer, key=key, attr=attr, present=present)
 
     # -- samples --------------------------------------------------------------------------------------------------------
+    def related_pair(
+        self, r: random.Random, facts: list[Fact], mix: tuple[float, float, float], relations: tuple[Relation, ...]
+    ) -> tuple[str, str]:
+        """A (key, attribute) pair related to one of ``facts``: one uniform draw against the cumulative thresholds ``mix``
+        picks one of the four ``relations`` (in the order given)."""
+        base, u = r.choice(facts), r.random()
+        relation = relations[sum(u >= t for t in mix)]
+        if relation == "similar key":
+            return self.similar_key(r, base.key), base.attr
+        if relation == "other attribute":
+            return base.key, self.attribute(r)
+        if relation == "other key":
+            return self.key(r), base.attr
+        return (base.key if r.random() < 0.5 else self.key(r)), self.near_attribute(r, base.attr)
+
     def facts(
         self,
         r: random.Random,
@@ -923,15 +943,7 @@ class FactWorld:
         used: set[tuple[str, str]] = set()
         while len(out) < n:
             if out and r.random() < distractor_rate:
-                base, kind = r.choice(out), r.random()
-                if kind < mix[0]:
-                    key, attr = self.similar_key(r, base.key), base.attr
-                elif kind < mix[1]:
-                    key, attr = base.key, self.attribute(r)
-                elif kind < mix[2]:
-                    key, attr = self.key(r), base.attr
-                else:
-                    key, attr = (base.key if r.random() < 0.5 else self.key(r)), self.near_attribute(r, base.attr)
+                key, attr = self.related_pair(r, out, mix, _DISTRACTOR_RELATIONS)
             else:
                 key, attr = self.key(r), self.attribute(r)
             if (key, attr) in used:
@@ -946,17 +958,9 @@ class FactWorld:
         present = {(f.key, f.attr) for f in facts}
         for _ in range(50):
             if facts and r.random() < hard_rate:
-                # a present key with another attribute, a similar key with a present attribute, or any other key with it,
-                # split by ``mix`` (see ``Curriculum.negative_mix``)
-                base, kind = r.choice(facts), r.random()
-                if kind < mix[0]:
-                    key, attr = base.key, self.attribute(r)
-                elif kind < mix[1]:
-                    key, attr = self.similar_key(r, base.key), base.attr
-                elif kind < mix[2]:
-                    key, attr = self.key(r), base.attr
-                else:
-                    key, attr = (base.key if r.random() < 0.5 else self.key(r)), self.near_attribute(r, base.attr)
+                # its key with another attribute, a similar key with its attribute, an unrelated key with it, or a near
+                # attribute, split by ``mix`` (see ``Curriculum.negative_mix``)
+                key, attr = self.related_pair(r, facts, mix, _NEGATIVE_RELATIONS)
             else:
                 key, attr = self.key(r), self.attribute(r)
             if (key, attr) not in present:

@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 EVAL_SEED = 987_654_321  # never used by training (training draws from seed * 1_000_003 + step)
+SPLITS: tuple[tuple[str, Split], ...] = (("seen", "train"), ("heldout", "heldout"))  # reported name, FactWorld split
 
 
 @dataclass(frozen=True)
@@ -246,16 +247,16 @@ def evaluate(
     ``samples`` present and ``absent_samples`` absent questions per row, asked of shared haystacks of up to ``needles``
     needles each (one needle per document at most, so short lengths use more haystacks)."""
     rows = []
-    for split, world_split in (("seen", "train"), ("heldout", "heldout")):
-        world = FactWorld(world_split, not_found=oprm.config.not_found)  # type: ignore[arg-type]
+    for split, world_split in SPLITS:
+        world = FactWorld(world_split, not_found=oprm.config.not_found)
         for length in lengths:
             rng = random.Random(f"{seed}-{split}-{length}")
             stats: dict[str, list[float]] = {
                 k: [] for k in ("oprm_em", "vanilla_em", "hit", "oprm_nf", "vanilla_nf", "oprm_false_nf")
             }
             by_kind: dict[str, list[float]] = {}
-            abstain_num = abstain_den = chunks = haystacks = 0
-            abstain_by_kind: dict[str, list[int]] = {}
+            chunks = haystacks = 0
+            abstain_by_kind: dict[str, list[int]] = {}  # kind of chunk -> [abstained, chunks]
             todo_present, todo_absent = samples, absent_samples
             run_vanilla = length <= vanilla_max_tokens
             t0 = time.time()
@@ -277,8 +278,6 @@ def evaluate(
                     chunks = len(answer.ranking.scores)
                     for sc in answer.ranking.scores:
                         if needle is None or needle.value not in sc.chunk.text:
-                            abstain_den += 1
-                            abstain_num += int(sc.idk)
                             tally = abstain_by_kind.setdefault(chunk_kind(sc.chunk.text, q.key, q.attr), [0, 0])
                             tally[0] += int(sc.idk)
                             tally[1] += 1
@@ -299,6 +298,8 @@ def evaluate(
                 oprm.state_cache.clear()
                 if placed == 0 and n_absent == 0:
                     break
+            abstained = sum(num for num, _ in abstain_by_kind.values())
+            without = sum(den for _, den in abstain_by_kind.values())
             row = {
                 "split": split,
                 "tokens": length,
@@ -307,7 +308,7 @@ def evaluate(
                 "samples": len(stats["oprm_em"]),
                 "absent_samples": len(stats["oprm_nf"]),
                 **{k: (round(sum(v) / len(v), 4) if v else None) for k, v in stats.items()},
-                "chunk_abstention": round(abstain_num / abstain_den, 5) if abstain_den else None,
+                "chunk_abstention": round(abstained / without, 5) if without else None,
                 "chunk_abstention_by_kind": {
                     kind: {"n": den, "abstention": round(num / den, 5)}
                     for kind, (num, den) in sorted(abstain_by_kind.items(), key=lambda kv: CHUNK_KINDS.index(kv[0]))
@@ -476,12 +477,11 @@ def main(argv: list[str] | None = None) -> int:
         log=log,
     )
     probe = args.probe if args.probe is not None else (16 if args.quick else 120)
-    splits: tuple[tuple[str, Split], ...] = (("seen", "train"), ("heldout", "heldout"))
     result["first_token"] = {
         split: first_token_probe(
             oprm, FactWorld(world_split, not_found=oprm.config.not_found), random.Random(f"{EVAL_SEED}-probe-{split}"), probe
         )
-        for split, world_split in splits
+        for split, world_split in SPLITS
     }
     log({"first_token": result["first_token"]})
     result["heldout_axes"] = heldout_axes(oprm, args.axes if args.axes is not None else (8 if args.quick else 40))
