@@ -314,3 +314,86 @@ def test_stage_two_continues_an_export_and_resumes_to_the_same_weights(tmp_path:
         TrainConfig(stage=2)
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
         train(tmp_path / "bad", replace(cfg, init=str(tmp_path)))
+
+
+def test_fast_chunk_scan_equals_the_transformers_scan() -> None:
+    """``training.ssd.chunk_scan`` against transformers' ``mamba2_chunk_scan``: outputs, final states and every gradient,
+    for one and several groups, a length that is and one that is not a whole number of chunks, with and without an
+    initial state. Tolerance: float32 sums of up to 150 products in another order, so about 1e-5 of the values' scale."""
+    import torch
+    from transformers.models.mamba2 import modeling_mamba2
+
+    from overflow_core.training.ssd import chunk_scan
+
+    torch.manual_seed(0)
+    for b, length, h, p, g, n, q, init in [
+        (2, 150, 4, 8, 1, 16, 32, False),
+        (2, 64, 4, 8, 2, 16, 32, True),
+        (3, 100, 6, 4, 3, 8, 16, True),
+        (1, 5, 2, 4, 1, 4, 8, False),
+    ]:
+        x = torch.randn(b, length, h, p, requires_grad=True)
+        dt = torch.randn(b, length, h, requires_grad=True)
+        a = (-torch.rand(h)).requires_grad_()
+        bm = torch.randn(b, length, g, n, requires_grad=True)
+        cm = torch.randn(b, length, g, n, requires_grad=True)
+        d = torch.randn(h, requires_grad=True)
+        bias = torch.randn(h, requires_grad=True)
+        s0 = torch.randn(b, h, p, n) if init else None
+        results = []
+        for scan in (modeling_mamba2.mamba2_chunk_scan, chunk_scan):
+            y, s = scan(x, dt, a, bm, cm, q, D=d, dt_bias=bias, initial_states=s0, dt_softplus=True, return_final_states=True)
+            grads = torch.autograd.grad((y * torch.cos(y)).sum() + s.sin().sum(), [x, dt, a, bm, cm, d, bias])
+            results.append((y, s, grads))
+        (y1, s1, g1), (y2, s2, g2) = results
+        assert y2.shape == y1.shape and s2.shape == s1.shape
+        torch.testing.assert_close(y2, y1, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(s2, s1, rtol=1e-4, atol=1e-4)
+        for mine, theirs in zip(g2, g1, strict=True):
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4 * float(theirs.abs().max()))
+
+
+def test_fast_chunk_scan_is_installed_only_inside_its_block_and_keeps_the_model_output() -> None:
+    """A tiny Mamba-2 gives the same logits with and without the fast scan, and transformers' function is back after."""
+    import torch
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+    from transformers.models.mamba2 import modeling_mamba2
+
+    from overflow_core.training.ssd import chunk_scan, fast_chunk_scan
+
+    torch.manual_seed(0)
+    config = Mamba2Config(
+        vocab_size=64, hidden_size=32, state_size=8, num_heads=4, head_dim=16, n_groups=1, num_hidden_layers=2,
+        chunk_size=16,
+    )  # fmt: skip
+    model = Mamba2ForCausalLM(config).train()
+    ids = torch.randint(0, 64, (2, 40))
+    original = modeling_mamba2.mamba2_chunk_scan
+    reference = model(input_ids=ids).logits
+    with fast_chunk_scan():
+        assert modeling_mamba2.mamba2_chunk_scan is chunk_scan
+        fast = model(input_ids=ids).logits
+    assert modeling_mamba2.mamba2_chunk_scan is original
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_stage_two_settings_override_the_key_checking_curriculum() -> None:
+    """``--absent-rate``, ``--hard-negative-rate`` and ``--negative-mix`` change stage 2's curriculum and nothing else;
+    they are refused with stage 1 and checked for range; a mix read back from config.json (a list) becomes a tuple."""
+    import pytest
+
+    from overflow_core.training.data import Curriculum
+    from overflow_core.training.train import TrainConfig
+
+    base = TrainConfig(stage=2, init="x").curriculum(0.5)
+    assert base == Curriculum.key_checking()
+    cfg = TrainConfig(stage=2, init="x", absent_rate=0.6, hard_negative_rate=0.7, negative_mix=[0.1, 0.35, 0.7])  # type: ignore[arg-type]
+    cur = cfg.curriculum(0.5)
+    assert (cur.absent_rate, cur.hard_negative_rate, cur.negative_mix) == (0.6, 0.7, (0.1, 0.35, 0.7))
+    assert cur.distractor_mix == base.distractor_mix and cur.max_facts == base.max_facts
+    with pytest.raises(ValueError, match="stage-2 settings"):
+        TrainConfig(absent_rate=0.5)
+    with pytest.raises(ValueError, match="absent_rate"):
+        TrainConfig(stage=2, init="x", absent_rate=1.5)
+    with pytest.raises(ValueError, match="rising thresholds"):
+        TrainConfig(stage=2, init="x", negative_mix=(0.5, 0.2, 0.9))

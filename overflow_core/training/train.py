@@ -25,7 +25,8 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from overflow_core.prompting import DEFAULT_NOT_FOUND, build_template, encode_template
 from overflow_core.training.data import Curriculum, FactWorld, Sample
+from overflow_core.training.ssd import fast_chunk_scan
 from overflow_core.training.tokenizer import train_tokenizer
 
 logger = logging.getLogger("overflow_core.training")
@@ -63,15 +65,42 @@ class TrainConfig:
     stage: int = 1  # 1: the from-scratch curriculum; 2: the key-checking, open-vocabulary continuation
     init: str = ""  # stage 2: the model folder (an export of stage 1) to continue from
     open_share: float = 0.0  # stage 2: share of data from the open-vocabulary generators (data.FactWorld.open_share)
+    # stage 2: overrides of Curriculum.key_checking's absent share, hard share and hard-negative mix (None keeps its own)
+    absent_rate: float | None = None
+    hard_negative_rate: float | None = None
+    negative_mix: tuple[float, float, float] | None = None
+    fast_scan: bool = True  # Mamba-2's scan through training.ssd.chunk_scan (same maths as transformers' torch path)
+    bf16: bool = False  # bfloat16 autocast for the forward pass (weights, optimizer and loss stay float32)
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):
             raise ValueError(f"stage: expected 1 (from scratch) or 2 (continuation), got {self.stage}")
         if (self.stage == 2) != bool(self.init):
             raise ValueError(f"stage {self.stage} with init={self.init!r}: stage 2, and only stage 2, starts from --init")
+        overrides = {k: v for k, v in self._overrides().items() if v is not None}
+        if overrides and self.stage != 2:
+            raise ValueError(f"{sorted(overrides)}: stage-2 settings, got them with stage {self.stage}")
+        for name in ("absent_rate", "hard_negative_rate"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}: expected a share in [0, 1], got {value}")
+        if self.negative_mix is not None:
+            mix = tuple(float(t) for t in self.negative_mix)  # config.json stores it as a list
+            if len(mix) != 3 or not 0.0 <= mix[0] <= mix[1] <= mix[2] <= 1.0:
+                raise ValueError(f"negative_mix: expected three rising thresholds in [0, 1], got {self.negative_mix}")
+            object.__setattr__(self, "negative_mix", mix)
+
+    def _overrides(self) -> dict[str, Any]:
+        return {
+            "absent_rate": self.absent_rate,
+            "hard_negative_rate": self.hard_negative_rate,
+            "negative_mix": self.negative_mix,
+        }
 
     def curriculum(self, progress: float) -> Curriculum:
-        return Curriculum.at(progress) if self.stage == 1 else Curriculum.key_checking(progress)
+        if self.stage == 1:
+            return Curriculum.at(progress)
+        return replace(Curriculum.key_checking(progress), **{k: v for k, v in self._overrides().items() if v is not None})
 
 
 def build_model(cfg: TrainConfig, tokenizer: Any) -> Any:
@@ -284,12 +313,30 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> Path:
     log = (run / "log.jsonl").open("a")
     model.train()
     start = time.time() - elapsed
+    with fast_chunk_scan() if cfg.fast_scan else nullcontext():
+        _loop(run, cfg, model, tokenizer, opt, world, log, step, start)
+    return run / "checkpoint"
+
+
+def _loop(
+    run: Path,
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    opt: torch.optim.Optimizer,
+    world: FactWorld,
+    log: Any,
+    step: int,
+    start: float,
+) -> None:
     while step < cfg.steps:
         rng = random.Random(cfg.seed * 1_000_003 + step)
         ids, weights = _batch(tokenizer, world, rng, cfg, step / cfg.steps)
         for group in opt.param_groups:
             group["lr"] = _lr(cfg, step)
-        loss = weighted_loss(model(input_ids=ids).logits, ids, weights, cfg.context_weight)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else nullcontext():
+            logits = model(input_ids=ids).logits
+        loss = weighted_loss(logits, ids, weights, cfg.context_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -309,7 +356,6 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> Path:
             log.flush()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             _save_checkpoint(run, model, opt, step, time.time() - start)
-    return run / "checkpoint"
 
 
 def export(run_dir: str | Path, out_dir: str | Path) -> Path:
@@ -356,6 +402,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage", type=int, default=TrainConfig.stage, choices=(1, 2))
     parser.add_argument("--init", default="", help="stage 2: the stage-1 model folder (an --export) to continue from")
     parser.add_argument("--open-share", type=float, default=TrainConfig.open_share)
+    parser.add_argument("--absent-rate", type=float, help="stage 2: share of absent questions (default 0.5)")
+    parser.add_argument("--hard-negative-rate", type=float, help="stage 2: share of absent questions that are hard")
+    parser.add_argument(
+        "--negative-mix",
+        help="stage 2: three rising thresholds splitting hard negatives into other attribute / similar key / other key"
+        " / near attribute (default 0.15,0.35,0.65)",
+    )
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass")
+    parser.add_argument("--no-fast-scan", action="store_true", help="use transformers' own Mamba-2 scan")
     parser.add_argument("--export", metavar="DIR", help="export the run's checkpoint as a model folder and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
@@ -372,8 +427,20 @@ def main(argv: list[str] | None = None) -> None:
         stage=args.stage,
         init=args.init,
         open_share=args.open_share,
+        absent_rate=args.absent_rate,
+        hard_negative_rate=args.hard_negative_rate,
+        negative_mix=_thresholds(args.negative_mix) if args.negative_mix else None,
+        fast_scan=not args.no_fast_scan,
+        bf16=args.bf16,
     )
     train(args.run, cfg)
+
+
+def _thresholds(text: str) -> tuple[float, float, float]:
+    parts = [float(x) for x in text.split(",")]
+    if len(parts) != 3:
+        raise ValueError(f"--negative-mix: expected three comma-separated thresholds, got {text!r}")
+    return parts[0], parts[1], parts[2]
 
 
 if __name__ == "__main__":
