@@ -14,8 +14,8 @@ the evaluation run transformers' own path). It is process-wide while it lasts, s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
