@@ -4,6 +4,7 @@ and the evaluation and demo commands run end to end on a small sample."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,9 @@ def test_demo_runs(capsys: Any) -> None:
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert "whole-context inference:" in out and "OPRM:" in out
+    totals = re.search(r"whole-context inference: (\d+)/(\d+) right; OPRM: (\d+)/\2 right", out)
+    stated = re.search(r"facts the corpus states: whole-context (\d+)/(\d+), OPRM (\d+)/\2;", out)
+    assert totals and stated, out[-400:]
+    v, n, o = (int(totals[i]) for i in (1, 2, 3))
+    sv, ns, so = (int(stated[i]) for i in (1, 2, 3))
+    assert out.count("\nQ: ") == n and 0 < ns < n and sv <= v and so <= o  # the breakdown is a part of the total

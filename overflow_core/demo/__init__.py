@@ -94,6 +94,8 @@ def run_demo(model: str | None = None, out: TextIO | None = None) -> int:
         f"(trained on contexts of at most {oprm.config.chunk_tokens} tokens)\n"
     )
     score = {"vanilla": 0, "oprm": 0}
+    stated = {"vanilla": 0, "oprm": 0}  # right answers to questions whose fact the corpus states
+    n_stated = sum(q["answer"].lower() != oprm.config.not_found.lower() for q in questions)
     for q in questions:
         out.write(f"\nQ: {q['question']}\n   expected: {q['answer']}\n")
         for mode in ("vanilla", "oprm"):
@@ -102,6 +104,7 @@ def run_demo(model: str | None = None, out: TextIO | None = None) -> int:
             dt = time.perf_counter() - t0
             ok = answer.text.strip().lower() == q["answer"].lower()
             score[mode] += ok
+            stated[mode] += ok and q["answer"].lower() != oprm.config.not_found.lower()
             where = ""
             if answer.chunk is not None:
                 c = answer.chunk
@@ -111,6 +114,8 @@ def run_demo(model: str | None = None, out: TextIO | None = None) -> int:
     out.write(
         f"\nwhole-context inference: {score['vanilla']}/{len(questions)} right; "
         f"OPRM: {score['oprm']}/{len(questions)} right\n"
+        f"  of which facts the corpus states: whole-context {stated['vanilla']}/{n_stated}, OPRM {stated['oprm']}/{n_stated}; "
+        f"the rest ask for facts stated nowhere (right answer: {oprm.config.not_found!r})\n"
     )
     return 0
 

@@ -2,11 +2,14 @@
 
 Usage (the shipped weights; docs/model.md, "Reproduce")::
 
-    python -m overflow_core.training.train --run runs/v4 --steps 2400 --seed 0                 # stage 1, from scratch
+    python -m overflow_core.training.train --run runs/v4 --steps 2400 --seed 0 --no-fast-scan  # stage 1, from scratch
     python -m overflow_core.training.train --run runs/v4 --export runs/v4/model
     python -m overflow_core.training.train --run runs/v5 --steps 760 --seed 1 --stage 2 --init runs/v4/model \
-        --open-share 0.3 --lr 1e-3 --warmup 50                                                 # stage 2, continued
+        --open-share 0.3 --lr 1e-3 --warmup 50 --no-fast-scan                                  # stage 2, continued
     python -m overflow_core.training.train --run runs/v5 --export overflow_core/models/default
+
+The shipped weights were trained through transformers' Mamba-2 scan (``--no-fast-scan``); by default training now runs
+it through :mod:`overflow_core.training.ssd`, the same maths with fewer copies (docs/model.md, "Training speed").
 
 The recipe follows ``shared/TRAINING_NOTES.md``: an easy start (few facts, short contexts) with loss on every token (context
 weight 0.25, answer weight 1), then longer contexts, more facts, more absent questions and harder negatives. Each context is
