@@ -77,6 +77,18 @@ def test_evaluation_command_runs_on_a_small_sample(tmp_path: Path, capsys: Any) 
     assert set(axes) == {"none", "attributes", "facts", "questions", "filler"}
     assert all(a["n"] == 2 and 0 <= a["em"] <= 1 for a in axes.values())
     assert (tmp_path / "model_accuracy.png").stat().st_size > 0
+    assert result["chunk_tokens"] == result["train_tokens"] == 256
+
+
+def test_eval_chunk_tokens_changes_the_chunks_and_keeps_the_lengths(tmp_path: Path) -> None:
+    """``--chunk-tokens 128`` cuts a 256-token haystack into about twice the chunks; the lengths stay the same."""
+    from overflow_core.training.evaluate import main
+
+    args = ["--samples", "1", "--absent", "1", "--lengths", "256", "--probe", "0", "--axes", "0", "--out", str(tmp_path)]
+    assert main([*args, "--chunk-tokens", "128"]) == 0
+    result = json.loads((tmp_path / "model_eval.json").read_text())
+    assert (result["chunk_tokens"], result["train_tokens"]) == (128, 256)
+    assert {r["tokens"] for r in result["rows"]} == {256} and all(r["chunks"] >= 2 for r in result["rows"])
 
 
 def test_demo_runs(capsys: Any) -> None:

@@ -436,6 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--needles", type=int, default=10, help="needles (present questions) per shared haystack")
     parser.add_argument("--out", default=None, help="folder for model_eval.json and model_accuracy.png")
     parser.add_argument(
+        "--chunk-tokens",
+        type=int,
+        default=None,
+        help="OPRM's chunk size (default: the model folder's, the training length; lengths are unaffected)",
+    )
+    parser.add_argument(
         "--probe", type=int, default=None, help="contexts for the first-token probe per split (default 120; quick 16)"
     )
     parser.add_argument(
@@ -443,10 +449,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from overflow_core.engine import OPRM
+    from overflow_core.config import load_settings
+    from overflow_core.engine import DEFAULT_MODEL_DIR, OPRM
 
-    oprm = OPRM.from_pretrained(args.model)
-    train_tokens = oprm.config.chunk_tokens
+    overrides = {"chunk_tokens": args.chunk_tokens} if args.chunk_tokens else {}
+    oprm = OPRM.from_pretrained(args.model, **overrides)
+    folder_settings = load_settings(Path(args.model) if args.model else DEFAULT_MODEL_DIR)
+    train_tokens = int(folder_settings.get("chunk_tokens", oprm.config.chunk_tokens))
     if args.lengths:
         lengths = [int(x) for x in args.lengths.split(",")]
     elif args.quick:
@@ -489,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     result.update(
         {
             "model": oprm.name,
-            "chunk_tokens": train_tokens,
+            "chunk_tokens": oprm.config.chunk_tokens,
+            "train_tokens": train_tokens,
             "seed": EVAL_SEED,
             "seconds": round(time.time() - t0, 1),
             "machine": {"platform": platform.platform(), "python": platform.python_version()},

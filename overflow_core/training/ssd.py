@@ -3,7 +3,8 @@
 transformers (without ``mamba_ssm``) runs ``modeling_mamba2.mamba2_chunk_scan``. It copies ``B`` and ``C`` once per head
 (``repeat_interleave``), contracts them per head, and builds every decay matrix through ``expand`` + ``masked_fill`` +
 ``cumsum``. With one group of ``B``/``C`` (the bundled model's), the ``C B^T`` scores are the same for every head, and
-those copies take about half of a training step on two cores. :func:`chunk_scan` computes the scores once per group,
+the scan takes a third of a training step more than it needs to on two cores (3.49 s against 2.31 s for a forward +
+backward of a 16 x 570 batch, docs/model.md "Training speed"). :func:`chunk_scan` computes the scores once per group,
 the within-chunk decays from one cumulative sum, and carries the state across chunks in a short loop (a context of a few
 hundred tokens has a handful of chunks). ``tests/test_training.py`` ties it to transformers' function: outputs, final
 states and gradients, with and without an initial state, with several groups and with padding to a whole chunk.
