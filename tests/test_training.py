@@ -397,3 +397,26 @@ def test_stage_two_settings_override_the_key_checking_curriculum() -> None:
         TrainConfig(stage=2, init="x", absent_rate=1.5)
     with pytest.raises(ValueError, match="rising thresholds"):
         TrainConfig(stage=2, init="x", negative_mix=(0.5, 0.2, 0.9))
+
+
+def test_noise_filler_draws_random_vocabulary_pieces_on_the_training_split_only() -> None:
+    """``FactWorld(noise_share=...)`` replaces that share of filler sentences by random vocabulary pieces (so tokens the
+    generated prose never uses are trained as inputs); never on the held-out split; refused without pieces."""
+    import pytest
+
+    from overflow_core.training.data import noise_sentence
+
+    pieces = ("(", ")", "%", "q", "Ġfoo", "'")
+    r = random.Random(0)
+    for _ in range(50):
+        text = noise_sentence(r, pieces)
+        assert text.endswith(".") and 4 <= len(text) - 1 <= 12 * 4
+        assert set(text[:-1]) <= set("()%q'Ġfo ")
+    noisy = FactWorld("train", noise_share=0.5, noise_pieces=pieces)
+    fillers = [noisy.filler(random.Random(i)) for i in range(200)]
+    share = sum(any(p in f for p in ("(", ")", "%", "Ġfoo")) for f in fillers) / len(fillers)
+    assert 0.3 < share < 0.7, f"expected about half of the filler to be noise, got {share}"
+    held = FactWorld("heldout", noise_share=0.5, noise_pieces=pieces)
+    assert not any("Ġfoo" in held.filler(random.Random(i)) for i in range(200))
+    with pytest.raises(ValueError, match="noise_share"):
+        FactWorld("train", noise_share=0.2)

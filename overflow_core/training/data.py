@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import string
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -783,6 +783,13 @@ def open_filler(r: random.Random) -> str:
     return sentence[0].upper() + sentence[1:]
 
 
+def noise_sentence(r: random.Random, pieces: Sequence[str]) -> str:
+    """A "sentence" of 4-12 random vocabulary pieces: it puts tokens the generated prose never uses (parentheses, quotes,
+    currency signs, "j", "q", partial merges) into the model's input, so that their embeddings are trained as inputs
+    too. Without it about a fifth of the vocabulary only ever appears as a softmax negative."""
+    return "".join(r.choice(pieces) for _ in range(r.randint(4, 12))).strip() + "."
+
+
 def near_attribute(r: random.Random, attr: str) -> str:
     """An attribute name one word away from ``attr``: another modifier or another head ("badge number" or "locker code"
     for "locker number"; "backup PIN" or "PIN number" for "PIN"). Built from training words only."""
@@ -823,6 +830,8 @@ class FactWorld:
     not_found: str = "not found"
     held_out: tuple[HeldOutAxis, ...] = ()
     open_share: float = 0.0  # share of attributes, fact sentences, questions and filler from the open generators
+    noise_share: float = 0.0  # share of filler sentences made of random vocabulary pieces (``noise_sentence``)
+    noise_pieces: tuple[str, ...] = ()  # the pieces: each vocabulary token decoded on its own
     attributes: dict[str, ValueGen] = field(init=False)
     cores: tuple[str, ...] = field(init=False)
     questions: tuple[str, ...] = field(init=False)
@@ -834,6 +843,8 @@ class FactWorld:
             raise ValueError(f"held_out: expected axes among {HELD_OUT_AXES}, got {sorted(unknown)}")
         if not 0.0 <= self.open_share <= 1.0:
             raise ValueError(f"open_share: expected a share in [0, 1], got {self.open_share}")
+        if not 0.0 <= self.noise_share <= 1.0 or (self.noise_share > 0.0 and not self.noise_pieces):
+            raise ValueError(f"noise_share: expected a share in [0, 1] with noise_pieces, got {self.noise_share}")
         if self.split == "heldout":
             self.held_out = HELD_OUT_AXES
         held = set(self.held_out)
@@ -902,6 +913,8 @@ class FactWorld:
         return Fact(key=key, attr=attr, value=value, sentence=sentence[0].upper() + sentence[1:])
 
     def filler(self, r: random.Random) -> str:
+        if self.noise_share > 0.0 and self.split == "train" and r.random() < self.noise_share:
+            return noise_sentence(r, self.noise_pieces)
         if "filler" not in self.held_out and self._open(r):
             return open_filler(r)
         return r.choice(self.fillers)(r)

@@ -74,6 +74,7 @@ class TrainConfig:
     negative_mix: tuple[float, float, float] | None = None
     fast_scan: bool = True  # Mamba-2's scan through training.ssd.chunk_scan (same maths as transformers' torch path)
     bf16: bool = False  # bfloat16 autocast for the forward pass (weights, optimizer and loss stay float32)
+    noise_share: float = 0.0  # share of filler sentences made of random vocabulary pieces (data.noise_sentence)
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):
@@ -312,13 +313,19 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> Path:
         betas=(0.9, 0.95),
     )
     step, elapsed = _load_checkpoint(run, model, opt)
-    world = FactWorld("train", open_share=cfg.open_share)
+    world = FactWorld("train", open_share=cfg.open_share, noise_share=cfg.noise_share, noise_pieces=_pieces(tokenizer))
     log = (run / "log.jsonl").open("a")
     model.train()
     start = time.time() - elapsed
     with fast_chunk_scan() if cfg.fast_scan else nullcontext():
         _loop(run, cfg, model, tokenizer, opt, world, log, step, start)
     return run / "checkpoint"
+
+
+def _pieces(tokenizer: Any) -> tuple[str, ...]:
+    """Every non-special vocabulary token, decoded on its own (the material of ``data.noise_sentence``)."""
+    special = set(tokenizer.all_special_ids)
+    return tuple(p for i in range(len(tokenizer)) if i not in special and (p := tokenizer.decode([i])).strip())
 
 
 def _loop(
@@ -413,6 +420,9 @@ def main(argv: list[str] | None = None) -> None:
         " / near attribute (default 0.15,0.35,0.65)",
     )
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass")
+    parser.add_argument(
+        "--noise-share", type=float, default=TrainConfig.noise_share, help="share of filler made of random tokens"
+    )
     parser.add_argument("--no-fast-scan", action="store_true", help="use transformers' own Mamba-2 scan")
     parser.add_argument("--export", metavar="DIR", help="export the run's checkpoint as a model folder and exit")
     args = parser.parse_args(argv)
@@ -435,6 +445,7 @@ def main(argv: list[str] | None = None) -> None:
         negative_mix=_thresholds(args.negative_mix) if args.negative_mix else None,
         fast_scan=not args.no_fast_scan,
         bf16=args.bf16,
+        noise_share=args.noise_share,
     )
     train(args.run, cfg)
 
