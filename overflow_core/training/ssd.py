@@ -136,19 +136,19 @@ def fast_chunk_scan() -> Iterator[None]:
 
 
 def time_training_step(steps: int = 5, batch: int = 16, length: int = 570, threads: int = 2) -> dict[str, float]:
-    """Seconds per forward + backward of the bundled model's architecture (random weights, random ids ``[batch,
-    length]``; the default is a stage-2 batch) with transformers' scan, with :func:`chunk_scan`, and with
-    :func:`chunk_scan` under bfloat16 autocast. One untimed step first."""
-    from transformers import Mamba2Config, Mamba2ForCausalLM
+    """Seconds per forward + backward of the bundled model's architecture (``train.build_model`` with the default
+    ``TrainConfig`` and the bundled tokenizer; random weights, random ids ``[batch, length]``, by default a stage-2
+    batch) with transformers' scan, with :func:`chunk_scan`, and with :func:`chunk_scan` under bfloat16 autocast. One
+    untimed step first."""
+    from transformers import AutoTokenizer
+
+    from overflow_core.engine import DEFAULT_MODEL_DIR
+    from overflow_core.training.train import TrainConfig, build_model
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    config = Mamba2Config(
-        vocab_size=2048, hidden_size=256, state_size=64, num_heads=16, head_dim=32, expand=2, n_groups=1,
-        num_hidden_layers=4, chunk_size=64, tie_word_embeddings=True,
-    )  # fmt: skip
-    model = Mamba2ForCausalLM(config).train()
-    ids = torch.randint(0, 2048, (batch, length))
+    tokenizer = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
+    model = build_model(TrainConfig(), tokenizer).train()
+    ids = torch.randint(0, len(tokenizer), (batch, length))
     results: dict[str, float] = {}
     for name, fast, bf16 in (("transformers", False, False), ("chunk_scan", True, False), ("chunk_scan+bf16", True, True)):
         def step(fast: bool = fast, bf16: bool = bf16) -> None:

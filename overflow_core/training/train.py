@@ -81,7 +81,7 @@ class TrainConfig:
             raise ValueError(f"stage: expected 1 (from scratch) or 2 (continuation), got {self.stage}")
         if (self.stage == 2) != bool(self.init):
             raise ValueError(f"stage {self.stage} with init={self.init!r}: stage 2, and only stage 2, starts from --init")
-        overrides = {k: v for k, v in self._overrides().items() if v is not None}
+        overrides = self._overrides()
         if overrides and self.stage != 2:
             raise ValueError(f"{sorted(overrides)}: stage-2 settings, got them with stage {self.stage}")
         for name in ("absent_rate", "hard_negative_rate"):
@@ -95,16 +95,18 @@ class TrainConfig:
             object.__setattr__(self, "negative_mix", mix)
 
     def _overrides(self) -> dict[str, Any]:
-        return {
+        """The stage-2 curriculum settings given (not None), by ``Curriculum`` field name."""
+        given = {
             "absent_rate": self.absent_rate,
             "hard_negative_rate": self.hard_negative_rate,
             "negative_mix": self.negative_mix,
         }
+        return {k: v for k, v in given.items() if v is not None}
 
     def curriculum(self, progress: float) -> Curriculum:
         if self.stage == 1:
             return Curriculum.at(progress)
-        return replace(Curriculum.key_checking(progress), **{k: v for k, v in self._overrides().items() if v is not None})
+        return replace(Curriculum.key_checking(progress), **self._overrides())
 
 
 def build_model(cfg: TrainConfig, tokenizer: Any) -> Any:
@@ -313,7 +315,8 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> Path:
         betas=(0.9, 0.95),
     )
     step, elapsed = _load_checkpoint(run, model, opt)
-    world = FactWorld("train", open_share=cfg.open_share, noise_share=cfg.noise_share, noise_pieces=_pieces(tokenizer))
+    pieces = _pieces(tokenizer) if cfg.noise_share else ()
+    world = FactWorld("train", open_share=cfg.open_share, noise_share=cfg.noise_share, noise_pieces=pieces)
     log = (run / "log.jsonl").open("a")
     model.train()
     start = time.time() - elapsed
