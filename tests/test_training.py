@@ -420,3 +420,70 @@ def test_noise_filler_draws_random_vocabulary_pieces_on_the_training_split_only(
     assert not any("Ġfoo" in held.filler(random.Random(i)) for i in range(200))
     with pytest.raises(ValueError, match="noise_share"):
         FactWorld("train", noise_share=0.2)
+
+
+def test_free_values_take_any_kind_whatever_the_attribute_name() -> None:
+    """``FactWorld(free_value_share=...)`` draws that share of values from every training kind, so a "... code" can hold
+    digits or a person; never on the held-out split."""
+    import pytest
+
+    from overflow_core.training.data import free_value
+
+    rng = random.Random(4)
+    values = [free_value(rng) for _ in range(2000)]
+    assert {value_kind(v) for v in values} == {"digits", "word", "other"}
+    free = FactWorld("train", free_value_share=1.0)
+    kinds = {value_kind(free.value(rng, "access code")) for _ in range(200)}
+    assert kinds == {"digits", "word", "other"}, f"an attribute's name must not fix the kind, got {kinds}"
+    fixed = FactWorld("train")
+    assert {value_kind(fixed.value(rng, "access code")) for _ in range(200)} == {"other"}
+    held = FactWorld("heldout", free_value_share=1.0)
+    assert all(held.value(rng, "zip code").isdigit() for _ in range(50))
+    with pytest.raises(ValueError, match="free_value_share"):
+        FactWorld("train", free_value_share=-0.1)
+
+
+def test_symbol_attributes_are_random_pieces_without_held_out_words(tmp_path: Any) -> None:
+    """``FactWorld(symbol_share=...)`` names that share of attributes with one to three random vocabulary pieces: no
+    held-out attribute word, no line break, no special token's text; the name reads back as the same tokens in a fact
+    and in a question about it (``symbol_attribute``); refused without pieces."""
+    import pytest
+
+    from overflow_core.training.data import HELDOUT_ATTRIBUTE_WORDS, symbol_attribute
+    from overflow_core.training.train import _pieces
+
+    pieces = (" zip", " mentor", "<|", "end", "|>", "\n", "qu", " fl", "ight", "(", " park", "ing", "ary")
+    rng = random.Random(2)
+    names = [symbol_attribute(rng, pieces) for _ in range(2000)]
+    assert len(set(names)) > 100
+    for name in names:
+        assert name == name.strip() and "\n" not in name and "<|" not in name
+        assert not set(name.lower().split()) & HELDOUT_ATTRIBUTE_WORDS, name
+    assert any(" " in n for n in names) and any(" " not in n for n in names)
+    world = FactWorld("train", symbol_share=0.5, noise_pieces=pieces)
+    attrs = [world.attribute(rng) for _ in range(400)]
+    assert 0.35 < sum(a in set(names) or "ight" in a or "qu" in a for a in attrs) / len(attrs) < 0.75
+    with pytest.raises(ValueError, match="symbol_share"):
+        FactWorld("train", symbol_share=0.2)
+    held = FactWorld("heldout", symbol_share=1.0, noise_pieces=pieces)
+    assert all(a in held.attributes for a in (held.attribute(rng) for _ in range(50)))
+
+    from transformers import AutoTokenizer
+
+    from overflow_core.engine import DEFAULT_MODEL_DIR
+
+    tokenizer = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
+    real = FactWorld("train", symbol_share=1.0, noise_pieces=_pieces(tokenizer))
+
+    def inside(part: list[int], whole: list[int]) -> bool:
+        return any(whole[i : i + len(part)] == part for i in range(len(whole) - len(part) + 1))
+
+    same = 0
+    for seed in range(200):
+        r = random.Random(seed)
+        fact = real.fact(r, "Rosa Vidal", real.attribute(r))
+        question = real.question(r, fact.key, fact.attr, fact.value, present=True)
+        ids = tokenizer(" " + fact.attr)["input_ids"]
+        same += inside(ids, tokenizer(fact.sentence)["input_ids"]) and inside(ids, tokenizer(question.text)["input_ids"])
+    # the rest differ only where a sentence's first letter is capitalised, as for any attribute name
+    assert same / 200 > 0.85, f"a symbol name must read as the same tokens in fact and question, got {same / 200}"

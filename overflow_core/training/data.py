@@ -790,6 +790,34 @@ def noise_sentence(r: random.Random, pieces: Sequence[str]) -> str:
     return "".join(r.choice(pieces) for _ in range(r.randint(4, 12))).strip() + "."
 
 
+_FREE_GENERATORS: tuple[ValueGen, ...] = (
+    *TRAIN_ATTRIBUTES.values(),
+    *ATTRIBUTE_HEADS.values(),
+    lambda r: r.choice(WORDS),
+    lambda r: r.choice(WORDS).capitalize(),
+)
+
+
+def free_value(r: random.Random) -> str:
+    """A value of any training kind (a number, a code, a plate, a date, a person, a word...), whatever the attribute's
+    name suggests. In the generated facts a name fixes the kind of its value ("... code" takes "UDM-8422"), so a model
+    can learn to look for a value of the expected kind rather than for the value after the asked attribute: v5 answered
+    "zip code" with a code-shaped "YYI-653" where the document said 35355. Free values take that shortcut away."""
+    return r.choice(_FREE_GENERATORS)(r)
+
+
+def symbol_attribute(r: random.Random, pieces: Sequence[str]) -> str:
+    """An attribute name of one to three random vocabulary pieces ("ightary", "ot fl"), the associative-recall form of
+    a fact: it can be matched between question and document only by the identity of its tokens. Pieces that decode with
+    a leading space start a new word. Names that spell a held-out attribute word, hold a line break or could form a
+    special token's text ("<|end|>") are drawn again."""
+    while True:
+        name = "".join(r.choice(pieces) for _ in range(r.randint(1, 3))).strip()
+        words = set(name.lower().split())
+        if name and "\n" not in name and "<|" not in name and not words & HELDOUT_ATTRIBUTE_WORDS:
+            return name
+
+
 def near_attribute(r: random.Random, attr: str) -> str:
     """An attribute name one word away from ``attr``: another modifier or another head ("badge number" or "locker code"
     for "locker number"; "backup PIN" or "PIN number" for "PIN"). Built from training words only."""
@@ -832,6 +860,10 @@ class FactWorld:
     open_share: float = 0.0  # share of attributes, fact sentences, questions and filler from the open generators
     noise_share: float = 0.0  # share of filler sentences made of random vocabulary pieces (``noise_sentence``)
     noise_pieces: tuple[str, ...] = ()  # the pieces: each vocabulary token decoded on its own
+    # share of values drawn from any kind (``free_value``), not the kind the attribute's name implies
+    free_value_share: float = 0.0
+    # share of attribute names made of random vocabulary pieces (``symbol_attribute``; needs ``noise_pieces``)
+    symbol_share: float = 0.0
     attributes: dict[str, ValueGen] = field(init=False)
     cores: tuple[str, ...] = field(init=False)
     questions: tuple[str, ...] = field(init=False)
@@ -843,8 +875,12 @@ class FactWorld:
             raise ValueError(f"held_out: expected axes among {HELD_OUT_AXES}, got {sorted(unknown)}")
         if not 0.0 <= self.open_share <= 1.0:
             raise ValueError(f"open_share: expected a share in [0, 1], got {self.open_share}")
-        if not 0.0 <= self.noise_share <= 1.0 or (self.noise_share > 0.0 and not self.noise_pieces):
-            raise ValueError(f"noise_share: expected a share in [0, 1] with noise_pieces, got {self.noise_share}")
+        for name in ("noise_share", "symbol_share"):
+            share = getattr(self, name)
+            if not 0.0 <= share <= 1.0 or (share > 0.0 and not self.noise_pieces):
+                raise ValueError(f"{name}: expected a share in [0, 1] with noise_pieces, got {share}")
+        if not 0.0 <= self.free_value_share <= 1.0:
+            raise ValueError(f"free_value_share: expected a share in [0, 1], got {self.free_value_share}")
         if self.split == "heldout":
             self.held_out = HELD_OUT_AXES
         held = set(self.held_out)
@@ -858,6 +894,8 @@ class FactWorld:
         """An attribute name: on the training split a named one ("phone number") or a composed one ("vault code")."""
         if "attributes" in self.held_out:
             return r.choice(_HELDOUT_NAMES)
+        if self._drawn(r, self.symbol_share):
+            return symbol_attribute(r, self.noise_pieces)
         if self._open(r):
             return open_attribute(r)
         if r.random() < NAMED_ATTRIBUTE_SHARE:
@@ -895,7 +933,13 @@ class FactWorld:
         unchanged by their existence)."""
         return self.split == "train" and self.open_share > 0.0 and r.random() < self.open_share
 
+    def _drawn(self, r: random.Random, share: float) -> bool:
+        """A training-split draw with probability ``share`` (no draw at all when it is 0: stage-1 data stays as it was)."""
+        return self.split == "train" and share > 0.0 and r.random() < share
+
     def value(self, r: random.Random, attr: str) -> str:
+        if self._drawn(r, self.free_value_share):
+            return free_value(r)
         gen = self.attributes.get(attr)
         return gen(r) if gen is not None else open_value(attr, r)
 

@@ -75,6 +75,8 @@ class TrainConfig:
     fast_scan: bool = True  # Mamba-2's scan through training.ssd.chunk_scan (same maths as transformers' torch path)
     bf16: bool = False  # bfloat16 autocast for the forward pass (weights, optimizer and loss stay float32)
     noise_share: float = 0.0  # share of filler sentences made of random vocabulary pieces (data.noise_sentence)
+    free_value_share: float = 0.0  # share of values of any kind, whatever the attribute's name (data.free_value)
+    symbol_share: float = 0.0  # share of attribute names made of random vocabulary pieces (data.symbol_attribute)
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):
@@ -315,8 +317,15 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> Path:
         betas=(0.9, 0.95),
     )
     step, elapsed = _load_checkpoint(run, model, opt)
-    pieces = _pieces(tokenizer) if cfg.noise_share else ()
-    world = FactWorld("train", open_share=cfg.open_share, noise_share=cfg.noise_share, noise_pieces=pieces)
+    pieces = _pieces(tokenizer) if cfg.noise_share or cfg.symbol_share else ()
+    world = FactWorld(
+        "train",
+        open_share=cfg.open_share,
+        noise_share=cfg.noise_share,
+        noise_pieces=pieces,
+        free_value_share=cfg.free_value_share,
+        symbol_share=cfg.symbol_share,
+    )
     log = (run / "log.jsonl").open("a")
     model.train()
     start = time.time() - elapsed
@@ -426,6 +435,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--noise-share", type=float, default=TrainConfig.noise_share, help="share of filler made of random tokens"
     )
+    parser.add_argument(
+        "--free-value-share",
+        type=float,
+        default=TrainConfig.free_value_share,
+        help="share of values of any kind, whatever the attribute's name",
+    )
+    parser.add_argument(
+        "--symbol-share",
+        type=float,
+        default=TrainConfig.symbol_share,
+        help="share of attribute names made of random vocabulary pieces",
+    )
     parser.add_argument("--no-fast-scan", action="store_true", help="use transformers' own Mamba-2 scan")
     parser.add_argument("--export", metavar="DIR", help="export the run's checkpoint as a model folder and exit")
     args = parser.parse_args(argv)
@@ -449,6 +470,8 @@ def main(argv: list[str] | None = None) -> None:
         fast_scan=not args.no_fast_scan,
         bf16=args.bf16,
         noise_share=args.noise_share,
+        free_value_share=args.free_value_share,
+        symbol_share=args.symbol_share,
     )
     train(args.run, cfg)
 
