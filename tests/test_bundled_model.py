@@ -12,6 +12,7 @@ import pytest
 
 from overflow_core import OPRM
 from overflow_core.engine import DEFAULT_MODEL_DIR
+from overflow_core.training.data import HELDOUT_ATTRIBUTES
 
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_MODEL_DIR / "model.safetensors").exists(), reason="the bundled model folder is not in this checkout"
@@ -76,6 +77,11 @@ def test_evaluation_command_runs_on_a_small_sample(tmp_path: Path, capsys: Any) 
     axes = result["heldout_axes"]
     assert set(axes) == {"none", "attributes", "facts", "questions", "filler"}
     assert all(a["n"] == 2 and 0 <= a["em"] <= 1 for a in axes.values())
+    by_attribute = axes["attributes"]["by_attribute"]
+    assert sum(a["n"] for a in by_attribute.values()) == 2
+    assert set(by_attribute) <= set(HELDOUT_ATTRIBUTES)
+    em = sum(a["em"] * a["n"] for a in by_attribute.values()) / 2
+    assert em == pytest.approx(axes["attributes"]["em"], abs=1e-4)
     assert (tmp_path / "model_accuracy.png").stat().st_size > 0
     assert result["chunk_tokens"] == result["train_tokens"] == 256
 

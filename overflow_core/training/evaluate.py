@@ -377,7 +377,7 @@ def heldout_axes(oprm: Any, n: int, seed: int = EVAL_SEED) -> dict[str, Any]:
 
     The held-out split changes attributes, fact phrasings, question phrasings and filler at once; this shows which of them
     a model fails on. ``n`` contexts of three facts in about 120-150 tokens per axis, one present question each, through
-    ``oprm.answer``."""
+    ``oprm.answer``. The attributes axis is also broken down by held-out attribute name (``by_attribute``)."""
     out: dict[str, Any] = {}
     if n <= 0:
         return out
@@ -386,12 +386,23 @@ def heldout_axes(oprm: Any, n: int, seed: int = EVAL_SEED) -> dict[str, Any]:
         world = FactWorld("train", not_found=oprm.config.not_found, held_out=held)
         rng = random.Random(f"{seed}-axis-{axis}")
         em = nf = 0
+        by_attribute: dict[str, list[int]] = {}
         for _ in range(n):
             context, fact, question = _one_chunk_question(world, rng)
             answer = oprm.answer(question.text, [context])
-            em += _normalise(answer.text) == _normalise(fact.value)
+            hit = _normalise(answer.text) == _normalise(fact.value)
+            em += hit
             nf += answer.not_found
+            counts = by_attribute.setdefault(fact.attr, [0, 0, 0])
+            counts[0] += 1
+            counts[1] += hit
+            counts[2] += answer.not_found
         out[axis] = {"n": n, "em": round(em / n, 4), "not_found": round(nf / n, 4)}
+        if axis == "attributes":  # which held-out names fail, and whether by abstaining or by a wrong value
+            out[axis]["by_attribute"] = {
+                attr: {"n": c[0], "em": round(c[1] / c[0], 4), "not_found": round(c[2] / c[0], 4)}
+                for attr, c in sorted(by_attribute.items())
+            }
     return out
 
 
