@@ -931,7 +931,7 @@ class FactWorld:
     def _open(self, r: random.Random) -> bool:
         """Whether this draw comes from the open generators (no draw at all when ``open_share`` is 0, so stage-1 data is
         unchanged by their existence)."""
-        return self.split == "train" and self.open_share > 0.0 and r.random() < self.open_share
+        return self._drawn(r, self.open_share)
 
     def _drawn(self, r: random.Random, share: float) -> bool:
         """A training-split draw with probability ``share`` (no draw at all when it is 0: stage-1 data stays as it was)."""
@@ -957,7 +957,7 @@ class FactWorld:
         return Fact(key=key, attr=attr, value=value, sentence=sentence[0].upper() + sentence[1:])
 
     def filler(self, r: random.Random) -> str:
-        if self.noise_share > 0.0 and self.split == "train" and r.random() < self.noise_share:
+        if self._drawn(r, self.noise_share):
             return noise_sentence(r, self.noise_pieces)
         if "filler" not in self.held_out and self._open(r):
             return open_filler(r)
