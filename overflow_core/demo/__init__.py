@@ -96,9 +96,9 @@ def run_demo(model: str | None = None, out: TextIO | None = None) -> int:
     score = {"vanilla": 0, "oprm": 0}
     stated = {"vanilla": 0, "oprm": 0}  # right answers to questions whose fact the corpus states
     not_found = oprm.config.not_found.lower()
-    n_stated = sum(q["answer"].lower() != not_found for q in questions)
-    for q in questions:
-        is_stated = q["answer"].lower() != not_found
+    is_stated = [q["answer"].lower() != not_found for q in questions]
+    n_stated = sum(is_stated)
+    for q, q_stated in zip(questions, is_stated, strict=True):
         out.write(f"\nQ: {q['question']}\n   expected: {q['answer']}\n")
         for mode in ("vanilla", "oprm"):
             t0 = time.perf_counter()
@@ -106,7 +106,7 @@ def run_demo(model: str | None = None, out: TextIO | None = None) -> int:
             dt = time.perf_counter() - t0
             ok = answer.text.strip().lower() == q["answer"].lower()
             score[mode] += ok
-            stated[mode] += ok and is_stated
+            stated[mode] += ok and q_stated
             where = ""
             if answer.chunk is not None:
                 c = answer.chunk

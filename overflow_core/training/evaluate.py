@@ -385,18 +385,16 @@ def heldout_axes(oprm: Any, n: int, seed: int = EVAL_SEED) -> dict[str, Any]:
     for axis, held in choices:
         world = FactWorld("train", not_found=oprm.config.not_found, held_out=held)
         rng = random.Random(f"{seed}-axis-{axis}")
-        em = nf = 0
-        by_attribute: dict[str, list[int]] = {}
+        by_attribute: dict[str, list[int]] = {}  # attribute -> [asked, exact, "not found"]
         for _ in range(n):
             context, fact, question = _one_chunk_question(world, rng)
             answer = oprm.answer(question.text, [context])
-            hit = _normalise(answer.text) == _normalise(fact.value)
-            em += hit
-            nf += answer.not_found
             counts = by_attribute.setdefault(fact.attr, [0, 0, 0])
             counts[0] += 1
-            counts[1] += hit
+            counts[1] += _normalise(answer.text) == _normalise(fact.value)
             counts[2] += answer.not_found
+        em = sum(c[1] for c in by_attribute.values())
+        nf = sum(c[2] for c in by_attribute.values())
         out[axis] = {"n": n, "em": round(em / n, 4), "not_found": round(nf / n, 4)}
         if axis == "attributes":  # which held-out names fail, and whether by abstaining or by a wrong value
             out[axis]["by_attribute"] = {

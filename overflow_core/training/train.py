@@ -335,7 +335,8 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> Path:
 
 
 def _pieces(tokenizer: Any) -> tuple[str, ...]:
-    """Every non-special vocabulary token, decoded on its own (the material of ``data.noise_sentence``)."""
+    """Every non-special vocabulary token, decoded on its own (the material of ``data.noise_sentence`` and
+    ``data.symbol_attribute``)."""
     special = set(tokenizer.all_special_ids)
     return tuple(p for i in range(len(tokenizer)) if i not in special and (p := tokenizer.decode([i])).strip())
 
