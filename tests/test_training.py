@@ -487,3 +487,52 @@ def test_symbol_attributes_are_random_pieces_without_held_out_words(tmp_path: An
         same += inside(ids, tokenizer(fact.sentence)["input_ids"]) and inside(ids, tokenizer(question.text)["input_ids"])
     # the rest differ only where a sentence's first letter is capitalised, as for any attribute name
     assert same / 200 > 0.85, f"a symbol name must read as the same tokens in fact and question, got {same / 200}"
+
+
+def test_padding_batches_to_a_multiple_adds_only_weightless_pads() -> None:
+    """``_batch(..., multiple)`` draws the same rows and only widens the batch with pads of weight 0."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from overflow_core.engine import DEFAULT_MODEL_DIR
+    from overflow_core.training.train import PAD_MULTIPLE, TrainConfig, _batch
+
+    tok = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
+    cfg, world = TrainConfig(batch_size=4), FactWorld("train")
+    ids, weights = _batch(tok, world, random.Random(3), cfg, 0.9)
+    padded_ids, padded_weights = _batch(tok, world, random.Random(3), cfg, 0.9, PAD_MULTIPLE)
+    width = ids.shape[1]
+    assert padded_ids.shape[1] % PAD_MULTIPLE == 0 and width <= padded_ids.shape[1] < width + PAD_MULTIPLE
+    assert torch.equal(padded_ids[:, :width], ids) and torch.equal(padded_weights[:, :width], weights)
+    assert (padded_ids[:, width:] == tok.pad_token_id).all() and (padded_weights[:, width:] == 0).all()
+
+
+def test_compiled_training_takes_the_steps_of_eager_training(tmp_path: Any) -> None:
+    """``--compile`` (torch.compile, batches padded to a whole number of chunks) trains to the weights eager training
+    reaches from the same start and seed, to float32 rounding (amplified by AdamW's early steps, whose size barely depends
+    on the gradient's): the same data, the same loss, the same updates."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from overflow_core.engine import DEFAULT_MODEL_DIR
+    from overflow_core.training.train import TrainConfig, build_model, train
+
+    sizes = {"hidden_size": 32, "layers": 1, "state_size": 8, "head_dim": 16, "batch_size": 2, "eval_every": 0}
+    tok = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
+    init = tmp_path / "init"
+    build_model(TrainConfig(**sizes), tok).save_pretrained(str(init))  # type: ignore[arg-type]
+    tok.save_pretrained(str(init))
+    (init / "overflow.json").write_text(json.dumps({"trained": {"steps": 0, "seed": 0}}))
+    for name, compiled in (("eager", False), ("compiled", True)):
+        cfg = TrainConfig(**sizes, steps=2, stage=2, init=str(init), warmup=1, compile=compiled)  # type: ignore[arg-type]
+        train(tmp_path / name, cfg)
+    eager = load_file(str(tmp_path / "eager" / "checkpoint" / "model.safetensors"))
+    compiled_weights = load_file(str(tmp_path / "compiled" / "checkpoint" / "model.safetensors"))
+    start = load_file(str(init / "model.safetensors"))
+    assert eager.keys() == compiled_weights.keys()
+    for k in eager:  # AdamW's first steps are about lr (2.5e-3) a weight; rounding moves a rare one by ~1e-5
+        torch.testing.assert_close(compiled_weights[k], eager[k], rtol=1e-3, atol=1e-4)
+    assert not torch.equal(eager["backbone.embeddings.weight"], start["backbone.embeddings.weight"])  # steps were taken

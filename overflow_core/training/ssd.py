@@ -119,42 +119,57 @@ def chunk_scan(  # transformers' argument names (A, B, C, D): the mixer passes D
 
 
 @contextmanager
-def fast_chunk_scan() -> Iterator[None]:
+def fast_chunk_scan(*, outside_compile: bool = False) -> Iterator[None]:
     """Run transformers' Mamba-2 torch path through :func:`chunk_scan` inside the block (a no-op where transformers has
-    no such function, e.g. a version that renamed it, or where ``mamba_ssm`` kernels are in use)."""
+    no such function, e.g. a version that renamed it, or where ``mamba_ssm`` kernels are in use).
+
+    ``outside_compile`` keeps the scan out of ``torch.compile`` graphs (it runs eagerly between them). Training needs
+    that with bfloat16 autocast: the code inductor generates for the scan's backward under autocast gives NaN
+    gradients for ``B`` and ``C`` (torch 2.13, CPU; eager and ``aot_eager`` are finite), and compiling the scan buys
+    little anyway (docs/model.md, "Training speed")."""
     from transformers.models.mamba2 import modeling_mamba2
 
     original = getattr(modeling_mamba2, "mamba2_chunk_scan", None)
     if original is None:
         yield
         return
-    modeling_mamba2.mamba2_chunk_scan = chunk_scan  # type: ignore[assignment]
+    scan = torch.compiler.disable(chunk_scan) if outside_compile else chunk_scan
+    modeling_mamba2.mamba2_chunk_scan = scan  # type: ignore[assignment]
     try:
         yield
     finally:
         modeling_mamba2.mamba2_chunk_scan = original
 
 
-def time_training_step(steps: int = 5, batch: int = 16, length: int = 570, threads: int = 2) -> dict[str, float]:
+def time_training_step(
+    steps: int = 5, batch: int = 16, length: int = 570, threads: int = 2, compiled: bool = False
+) -> dict[str, float]:
     """Seconds per forward + backward of the bundled model's architecture (``train.build_model`` with the default
     ``TrainConfig`` and the bundled tokenizer; random weights, random ids ``[batch, length]``, by default a stage-2
-    batch) with transformers' scan, with :func:`chunk_scan`, and with :func:`chunk_scan` under bfloat16 autocast. One
-    untimed step first."""
+    batch) with transformers' scan, with :func:`chunk_scan`, and with :func:`chunk_scan` under bfloat16 autocast; with
+    ``compiled``, also through ``torch.compile`` as ``train --compile`` runs it, in float32 and under bfloat16 autocast
+    (the scan then outside the compiled graph). One untimed step first (for the compiled ones, the compilation)."""
     from transformers import AutoTokenizer
 
     from overflow_core.engine import DEFAULT_MODEL_DIR
-    from overflow_core.training.train import TrainConfig, build_model
+    from overflow_core.training.train import TrainConfig, _compiled, build_model
 
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
     model = build_model(TrainConfig(), tokenizer).train()
     ids = torch.randint(0, len(tokenizer), (batch, length))
+    variants = [("transformers", False, False, False), ("chunk_scan", True, False, False)]
+    variants.append(("chunk_scan+bf16", True, True, False))
+    if compiled:
+        variants += [("compiled", True, False, True), ("compiled+bf16", True, True, True)]
     results: dict[str, float] = {}
-    for name, fast, bf16 in (("transformers", False, False), ("chunk_scan", True, False), ("chunk_scan+bf16", True, True)):
-        def step(fast: bool = fast, bf16: bool = bf16) -> None:
-            with fast_chunk_scan() if fast else nullcontext():
+    for name, fast, bf16, comp in variants:
+        forward = _compiled(model) if comp else model
+
+        def step(fast: bool = fast, bf16: bool = bf16, comp: bool = comp, forward: Any = forward) -> None:
+            with fast_chunk_scan(outside_compile=comp and bf16) if fast else nullcontext():
                 with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-                    logits = model(input_ids=ids).logits
+                    logits = forward(input_ids=ids).logits
                 loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
                 loss.backward()
             model.zero_grad(set_to_none=True)
@@ -172,6 +187,7 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="Time a training step with transformers' scan and with chunk_scan.")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile, float32 and bfloat16")
     args = parser.parse_args()
-    for label, seconds in time_training_step(args.steps).items():
+    for label, seconds in time_training_step(args.steps, compiled=args.compile).items():
         print(f"{label:>16}: {seconds:.2f} s per forward + backward of a 16 x 570 batch")
