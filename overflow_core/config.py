@@ -13,7 +13,8 @@ from overflow_core.prompting import DEFAULT_INSTRUCTION, DEFAULT_NOT_FOUND, Prom
 __all__ = ["SETTINGS_FILE", "OPRMConfig", "load_settings"]
 
 SETTINGS_FILE = "overflow.json"
-Criterion = Literal["entropy", "max_prob"]
+Criterion = Literal["entropy", "max_prob", "not_found_prob"]
+CRITERIA = ("entropy", "max_prob", "not_found_prob")
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -26,7 +27,8 @@ class OPRMConfig:
         overlap_tokens: tokens repeated at the start of the next chunk of the same document.
         template: the prompt around chunk and question; ``None`` derives it from the tokenizer (chat template or plain).
         instruction / not_found: used when the template is derived; ``not_found`` is also what the IDK filter looks for.
-        criterion: ``"entropy"`` (lowest next-token entropy wins, the paper's default) or ``"max_prob"``.
+        criterion: ``"entropy"`` (lowest next-token entropy wins, the paper's default), ``"max_prob"`` (highest
+            top-token probability) or ``"not_found_prob"`` (lowest probability of starting the not-found answer).
         idk_filter: drop chunks whose most likely first token starts the not-found answer.
         max_batch_tokens: token budget of one prefill micro-batch (rows x padded length); bounds memory.
         max_new_tokens / temperature / top_k / top_p / stop: decoding defaults.
@@ -62,8 +64,8 @@ class OPRMConfig:
             raise ConfigError(
                 f"overlap_tokens: expected 0 <= overlap_tokens < chunk_tokens ({self.chunk_tokens}), got {self.overlap_tokens}"
             )
-        if self.criterion not in ("entropy", "max_prob"):
-            raise ConfigError(f"criterion: expected 'entropy' or 'max_prob', got {self.criterion!r}")
+        if self.criterion not in CRITERIA:
+            raise ConfigError(f"criterion: expected one of {', '.join(CRITERIA)}, got {self.criterion!r}")
         if self.max_batch_tokens < 1:
             raise ConfigError(f"max_batch_tokens: expected a positive token budget, got {self.max_batch_tokens}")
         if self.max_new_tokens < 0:

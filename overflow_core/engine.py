@@ -207,10 +207,7 @@ class OPRM:
         q_ids = self.encode_question(question)
         prompts = [self.prompt(c.ids, q_ids) for c in chunks]
         total = sum(len(p) for p in prompts)
-        n = len(chunks)
-        entropies = torch.zeros(n)
-        probs = torch.zeros(n)
-        idk = torch.zeros(n, dtype=torch.bool)
+        sig = scoring.Signals.zeros(len(chunks))
         kept: dict[int, tuple[State, torch.Tensor]] = {}
         t_prefill = t_select = 0.0
         padded = done = 0
@@ -218,24 +215,19 @@ class OPRM:
         for batch in self._prefill(prompts):
             t1 = time.perf_counter()
             t_prefill += t1 - t0
-            rows = torch.as_tensor(batch.rows)
-            entropies[rows] = scoring.entropy(batch.logits).cpu()
-            probs[rows] = scoring.top_prob(batch.logits).cpu()
-            idk[rows] = scoring.idk_flags(batch.logits, self.idk_ids).cpu()
+            sig.put(batch.rows, scoring.signals(batch.logits, self.idk_ids))
             padded += batch.padded_tokens
             if on_batch is not None:
                 on_batch(batch.rows, batch.logits, batch.state)
             if keep > 0:
-                kept = self._keep_best(kept, batch.rows, batch.logits, batch.state, entropies, probs, idk, keep)
+                kept = self._keep_best(kept, batch.rows, batch.logits, batch.state, sig, keep)
             done += sum(len(prompts[i]) for i in batch.rows)
             if progress is not None:
                 progress(done, total)
             t0 = time.perf_counter()
             t_select += t0 - t1
         t1 = time.perf_counter()
-        scores = scoring.rank_chunks(
-            chunks, entropies, probs, idk, criterion=self.config.criterion, idk_filter=self.config.idk_filter
-        )
+        scores = scoring.rank_chunks(chunks, sig, criterion=self.config.criterion, idk_filter=self.config.idk_filter)
         t_select += time.perf_counter() - t1
         for i, (state, logits) in kept.items():
             self.state_cache.put(prompts[i], state, logits)
@@ -264,16 +256,13 @@ class OPRM:
         rows: list[int],
         logits: torch.Tensor,
         state: State,
-        entropies: torch.Tensor,
-        probs: torch.Tensor,
-        idk: torch.Tensor,
+        sig: scoring.Signals,
         keep: int,
     ) -> dict[int, tuple[State, torch.Tensor]]:
         """Running top-``keep`` over the rows seen so far: select the batch rows that enter it, drop those pushed out."""
         candidates = sorted({*kept, *rows})  # index order, so ties break exactly as in the final ranking
-        sub = torch.as_tensor(candidates)
         order = scoring.rank_order(
-            entropies[sub], probs[sub], idk[sub], criterion=self.config.criterion, idk_filter=self.config.idk_filter
+            sig.take(candidates), criterion=self.config.criterion, idk_filter=self.config.idk_filter
         )
         best = [candidates[j] for j in order[:keep]]
         new_rows = [i for i in best if i not in kept]

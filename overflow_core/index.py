@@ -536,8 +536,7 @@ class StateIndex:
         e = self.engine
         tail = [*q_ids, *e.prompt_ids.suffix]
         n = len(self._slots)
-        entropies, probs = torch.zeros(n), torch.zeros(n)
-        idk = torch.zeros(n, dtype=torch.bool)
+        sig = scoring.Signals.zeros(n)
         kept: dict[int, tuple[State, torch.Tensor]] = {}
         t_prefill = t_select = 0.0
         t0 = time.perf_counter()
@@ -547,19 +546,14 @@ class StateIndex:
                 logits = session.feed(torch.tensor([tail] * len(rows), dtype=torch.long, device=e.device))
                 t1 = time.perf_counter()
                 t_prefill += t1 - t0
-                index = torch.as_tensor(rows)
-                entropies[index] = scoring.entropy(logits).cpu()
-                probs[index] = scoring.top_prob(logits).cpu()
-                idk[index] = scoring.idk_flags(logits, e.idk_ids).cpu()
-                if keep > 0 and self._enters_top(kept, rows, entropies, probs, idk, keep):
-                    kept = e._keep_best(kept, rows, logits, session.state(), entropies, probs, idk, keep)
+                sig.put(rows, scoring.signals(logits, e.idk_ids))
+                if keep > 0 and self._enters_top(kept, rows, sig, keep):
+                    kept = e._keep_best(kept, rows, logits, session.state(), sig, keep)
             t0 = time.perf_counter()
             t_select += t0 - t1
         t1 = time.perf_counter()
         chunks = self.chunks
-        scores = scoring.rank_chunks(
-            chunks, entropies, probs, idk, criterion=e.config.criterion, idk_filter=e.config.idk_filter
-        )
+        scores = scoring.rank_chunks(chunks, sig, criterion=e.config.criterion, idk_filter=e.config.idk_filter)
         prompts = {i: e.prompt(chunks[i].ids, q_ids) for i in kept}
         for i, (state, last) in kept.items():
             e.state_cache.put(prompts[i], state, last)
@@ -577,16 +571,13 @@ class StateIndex:
         self,
         kept: Mapping[int, Any],
         rows: Sequence[int],
-        entropies: torch.Tensor,
-        probs: torch.Tensor,
-        idk: torch.Tensor,
+        sig: scoring.Signals,
         keep: int,
     ) -> bool:
         """Whether any of ``rows`` enters the running top-``keep`` (else the batch's state need not be copied)."""
         candidates = sorted({*kept, *rows})
-        sub = torch.as_tensor(candidates)
         cfg = self.engine.config
-        order = scoring.rank_order(entropies[sub], probs[sub], idk[sub], criterion=cfg.criterion, idk_filter=cfg.idk_filter)
+        order = scoring.rank_order(sig.take(candidates), criterion=cfg.criterion, idk_filter=cfg.idk_filter)
         return any(candidates[j] not in kept for j in order[:keep])
 
     def _batches(self, tail: int) -> Iterator[tuple[list[int], State]]:

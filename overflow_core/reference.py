@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from overflow_core.scoring import entropy, idk_flags
+from overflow_core.scoring import entropy, idk_flags, not_found_prob
 
 __all__ = ["reference_greedy", "reference_last_logits", "reference_scores"]
 
@@ -24,10 +24,14 @@ def reference_last_logits(model: Any, prompt: Sequence[int]) -> torch.Tensor:
 
 def reference_scores(
     model: Any, prompts: Sequence[Sequence[int]], idk_ids: frozenset[int]
-) -> tuple[list[float], list[bool]]:
-    """Entropy and IDK flag of every prompt, each run alone."""
+) -> tuple[list[float], list[bool], list[float]]:
+    """Entropy, IDK flag and probability of starting the not-found answer of every prompt, each run alone."""
     logits = torch.stack([reference_last_logits(model, p) for p in prompts])
-    return [float(x) for x in entropy(logits)], [bool(x) for x in idk_flags(logits, idk_ids)]
+    return (
+        [float(x) for x in entropy(logits)],
+        [bool(x) for x in idk_flags(logits, idk_ids)],
+        [float(x) for x in not_found_prob(logits, idk_ids)],
+    )
 
 
 @torch.inference_mode()

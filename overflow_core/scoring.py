@@ -1,14 +1,26 @@
-"""Scoring: pure functions from next-token logits to confidence, abstention flags and a ranking."""
+"""Scoring: pure functions from next-token logits to confidence signals, abstention flags and a ranking."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from overflow_core.types import Chunk, ChunkScore
 
-__all__ = ["ABSTAIN_PENALTY", "entropy", "idk_flags", "rank_chunks", "rank_keys", "rank_order", "top_prob"]
+__all__ = [
+    "ABSTAIN_PENALTY",
+    "Signals",
+    "entropy",
+    "idk_flags",
+    "not_found_prob",
+    "rank_chunks",
+    "rank_keys",
+    "rank_order",
+    "signals",
+    "top_prob",
+]
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -22,60 +34,95 @@ def top_prob(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1).max(-1).values
 
 
+def _ids(idk_ids: Iterable[int], device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(sorted(set(idk_ids)), dtype=torch.long, device=device)
+
+
 def idk_flags(logits: torch.Tensor, idk_ids: Iterable[int]) -> torch.Tensor:
     """``[B, V] -> [B]`` bool: the row's most likely token starts the not-found answer."""
-    ids = torch.as_tensor(sorted(set(idk_ids)), dtype=torch.long, device=logits.device)
-    return torch.isin(logits.argmax(-1), ids)
+    return torch.isin(logits.argmax(-1), _ids(idk_ids, logits.device))
+
+
+def not_found_prob(logits: torch.Tensor, idk_ids: Iterable[int]) -> torch.Tensor:
+    """``[B, V] -> [B]``: the probability of starting the not-found answer (summed over its first tokens)."""
+    return torch.softmax(logits.float(), dim=-1)[:, _ids(idk_ids, logits.device)].sum(-1)
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What the scorer reads from each row's next-token distribution, one ``[n]`` tensor per signal, on the CPU."""
+
+    entropy: torch.Tensor
+    top_prob: torch.Tensor
+    not_found_prob: torch.Tensor
+    idk: torch.Tensor  # bool
+
+    @classmethod
+    def zeros(cls, n: int) -> Signals:
+        return cls(torch.zeros(n), torch.zeros(n), torch.zeros(n), torch.zeros(n, dtype=torch.bool))
+
+    def put(self, rows: Sequence[int] | torch.Tensor, other: Signals) -> None:
+        """Write ``other``'s rows into positions ``rows`` (the engine fills one micro-batch at a time)."""
+        index = torch.as_tensor(rows, dtype=torch.long)
+        for name in ("entropy", "top_prob", "not_found_prob", "idk"):
+            getattr(self, name)[index] = getattr(other, name).cpu()
+
+    def take(self, rows: Sequence[int] | torch.Tensor) -> Signals:
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return Signals(self.entropy[index], self.top_prob[index], self.not_found_prob[index], self.idk[index])
+
+
+def signals(logits: torch.Tensor, idk_ids: Iterable[int]) -> Signals:
+    """Every signal of ``[B, V]`` next-token logits (the not-found answer starts with one of ``idk_ids``)."""
+    ids = list(idk_ids)
+    return Signals(entropy(logits), top_prob(logits), not_found_prob(logits, ids), idk_flags(logits, ids))
 
 
 ABSTAIN_PENALTY = 1000.0  # added to an abstaining row's key: more than any entropy (ln 256k < 13) or probability gap
 
 
-def rank_keys(
-    entropies: torch.Tensor, top_probs: torch.Tensor, idk: torch.Tensor, *, criterion: str, idk_filter: bool
-) -> torch.Tensor:
-    """Per-row sort key, lower is better: the entropy (``criterion="entropy"``) or minus the top-token probability
-    (``"max_prob"``), plus :data:`ABSTAIN_PENALTY` on abstaining rows when ``idk_filter`` is on. A fixed penalty, not
-    one relative to the rows at hand, so keys (and the scores made from them) compare across calls."""
-    key = entropies.float() if criterion == "entropy" else -top_probs.float()
+def rank_keys(sig: Signals, *, criterion: str, idk_filter: bool) -> torch.Tensor:
+    """Per-row sort key, lower is better: the entropy (``criterion="entropy"``), minus the top-token probability
+    (``"max_prob"``) or the probability of starting the not-found answer (``"not_found_prob"``), plus
+    :data:`ABSTAIN_PENALTY` on abstaining rows when ``idk_filter`` is on. A fixed penalty, not one relative to the rows
+    at hand, so keys (and the scores made from them) compare across calls."""
+    if criterion == "entropy":
+        key = sig.entropy.float()
+    elif criterion == "max_prob":
+        key = -sig.top_prob.float()
+    elif criterion == "not_found_prob":
+        key = sig.not_found_prob.float()
+    else:
+        raise ValueError(f"criterion: expected 'entropy', 'max_prob' or 'not_found_prob', got {criterion!r}")
     if idk_filter:
-        key = key + ABSTAIN_PENALTY * idk.float()
+        key = key + ABSTAIN_PENALTY * sig.idk.float()
     return key
 
 
-def rank_order(
-    entropies: torch.Tensor, top_probs: torch.Tensor, idk: torch.Tensor, *, criterion: str, idk_filter: bool
-) -> list[int]:
+def rank_order(sig: Signals, *, criterion: str, idk_filter: bool) -> list[int]:
     """Row indices best first. With ``idk_filter`` abstaining rows come after every answering row.
 
-    ``criterion="entropy"`` ranks by lowest entropy, ``"max_prob"`` by highest top-token probability; ties keep the
-    document order (stable sort), so the result is deterministic.
+    ``criterion="entropy"`` ranks by lowest entropy, ``"max_prob"`` by highest top-token probability,
+    ``"not_found_prob"`` by lowest probability of starting the not-found answer; ties keep the document order (stable
+    sort), so the result is deterministic.
     """
-    key = rank_keys(entropies, top_probs, idk, criterion=criterion, idk_filter=idk_filter)
+    key = rank_keys(sig, criterion=criterion, idk_filter=idk_filter)
     return [int(i) for i in torch.sort(key, stable=True).indices]
 
 
-def rank_chunks(
-    chunks: Sequence[Chunk],
-    entropies: torch.Tensor,
-    top_probs: torch.Tensor,
-    idk: torch.Tensor,
-    *,
-    criterion: str,
-    idk_filter: bool,
-) -> tuple[ChunkScore, ...]:
+def rank_chunks(chunks: Sequence[Chunk], sig: Signals, *, criterion: str, idk_filter: bool) -> tuple[ChunkScore, ...]:
     """Every chunk's :class:`ChunkScore`, best first; ``score`` is minus the sort key, so it sorts as ``rank``."""
-    keys = rank_keys(entropies, top_probs, idk, criterion=criterion, idk_filter=idk_filter)
+    keys = rank_keys(sig, criterion=criterion, idk_filter=idk_filter)
     order = [int(i) for i in torch.sort(keys, stable=True).indices]
     return tuple(
         ChunkScore(
             chunk=chunks[i],
             rank=r,
-            entropy=float(entropies[i]),
-            top_prob=float(top_probs[i]),
-            idk=bool(idk[i]),
+            entropy=float(sig.entropy[i]),
+            top_prob=float(sig.top_prob[i]),
+            idk=bool(sig.idk[i]),
             score=-float(keys[i]),
+            not_found_prob=float(sig.not_found_prob[i]),
         )
         for r, i in enumerate(order)
     )
-

@@ -155,6 +155,7 @@ def assert_same_ranking(expected: Any, got: Any) -> None:
             "full prompt; a state that does not continue exactly (wrong row, padding, Mamba-1 block feed) shows here"
         )
         assert s.idk == ref[s.chunk.index].idk
+        assert abs(s.not_found_prob - ref[s.chunk.index].not_found_prob) <= RANKING_ATOL
     for r, (e, g) in enumerate(zip(expected.scores, got.scores, strict=True)):
         assert e.idk == ref[g.chunk.index].idk and abs(e.entropy - ref[g.chunk.index].entropy) <= RANKING_ATOL, (
             f"rank {r}: the engine puts chunk {e.chunk.index} (entropy {e.entropy}) there, the index chunk "

@@ -87,16 +87,18 @@ class Chunk:
 class ChunkScore:
     """How one chunk scored for a question. Lower ``entropy`` is more confident.
 
-    ``score`` is higher-is-better (what retriever frameworks expect) and sorts exactly as ``rank``: ``-entropy`` (or the
-    top-token probability with ``criterion="max_prob"``), minus :data:`overflow_core.scoring.ABSTAIN_PENALTY` (1000)
-    when the model abstains on the chunk and the IDK filter is on. So a framework that re-sorts by score, or cuts at a
-    score threshold, never puts a chunk that says "not found" above one that answers.
+    ``score`` is higher-is-better (what retriever frameworks expect) and sorts exactly as ``rank``: ``-entropy`` (the
+    top-token probability with ``criterion="max_prob"``, ``-not_found_prob`` with ``"not_found_prob"``), minus
+    :data:`overflow_core.scoring.ABSTAIN_PENALTY` (1000) when the model abstains on the chunk and the IDK filter is on.
+    So a framework that re-sorts by score, or cuts at a score threshold, never puts a chunk that says "not found" above
+    one that answers.
     """
 
     chunk: Chunk
     rank: int  # 0 is best
     entropy: float
     top_prob: float
+    not_found_prob: float  # probability that the answer starts with the not-found phrase's first token
     idk: bool  # the model's most likely first token starts the not-found answer
     score: float
 
@@ -106,6 +108,7 @@ class ChunkScore:
             "entropy": self.entropy,
             "score": self.score,
             "top_prob": self.top_prob,
+            "not_found_prob": self.not_found_prob,
             "idk": self.idk,
             "chunk": self.chunk.to_dict(),
         }

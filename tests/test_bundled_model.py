@@ -68,6 +68,8 @@ def test_evaluation_command_runs_on_a_small_sample(tmp_path: Path, capsys: Any) 
         kinds = row["oprm_em_by_kind"]
         assert sum(k["n"] for k in kinds.values()) == row["samples"] and set(kinds) <= {"digits", "word", "other"}
         assert row["oprm_false_nf"] is not None and 0 <= row["oprm_false_nf"] <= 1
+        assert set(row["hit_by_criterion"]) == {"entropy", "max_prob", "not_found_prob"}
+        assert row["hit_by_criterion"]["entropy"] == row["hit"], "the engine's own pick, found again from its scores"
         by_kind = row["chunk_abstention_by_kind"]
         assert set(by_kind) <= {"neither", "near attribute", "attribute", "key", "key+attribute"}
         rates = [k["abstention"] * k["n"] for k in by_kind.values()]
@@ -87,14 +89,17 @@ def test_evaluation_command_runs_on_a_small_sample(tmp_path: Path, capsys: Any) 
 
 
 def test_eval_chunk_tokens_changes_the_chunks_and_keeps_the_lengths(tmp_path: Path) -> None:
-    """``--chunk-tokens 128`` cuts a 256-token haystack into about twice the chunks; the lengths stay the same."""
+    """``--chunk-tokens 128`` cuts a 256-token haystack into about twice the chunks; the lengths stay the same.
+    ``--criterion`` reaches the engine: its picks are the ones ``hit_by_criterion`` finds for that criterion."""
     from overflow_core.training.evaluate import main
 
     args = ["--samples", "1", "--absent", "1", "--lengths", "256", "--probe", "0", "--axes", "0", "--out", str(tmp_path)]
-    assert main([*args, "--chunk-tokens", "128"]) == 0
+    assert main([*args, "--chunk-tokens", "128", "--criterion", "not_found_prob"]) == 0
     result = json.loads((tmp_path / "model_eval.json").read_text())
     assert (result["chunk_tokens"], result["train_tokens"]) == (128, 256)
     assert {r["tokens"] for r in result["rows"]} == {256} and all(r["chunks"] >= 2 for r in result["rows"])
+    assert result["criterion"] == "not_found_prob"
+    assert all(r["hit_by_criterion"]["not_found_prob"] == r["hit"] for r in result["rows"])
 
 
 def test_demo_runs(capsys: Any) -> None:

@@ -34,11 +34,13 @@ def test_batched_scores_and_selection_equal_the_oracle(engine: Any, family: str)
     chunks = oprm.chunk(docs)
     assert len(chunks) >= 6, "the fixture must produce enough chunks to mix lengths within a micro-batch"
     q_ids = oprm.encode_question(QUESTION)
-    ref_entropy, ref_idk = reference_scores(oprm.model, [oprm.prompt(c.ids, q_ids) for c in chunks], oprm.idk_ids)
+    prompts = [oprm.prompt(c.ids, q_ids) for c in chunks]
+    ref_entropy, ref_idk, ref_nf = reference_scores(oprm.model, prompts, oprm.idk_ids)
     fast = {s.chunk.index: s for s in ranking.scores}
     for i in range(len(chunks)):
         assert fast[i].entropy == pytest.approx(ref_entropy[i], abs=1e-4), f"chunk {i}: padded batch != single row"
         assert fast[i].idk == ref_idk[i]
+        assert fast[i].not_found_prob == pytest.approx(ref_nf[i], abs=1e-5)
     ref_order = sorted(range(len(chunks)), key=lambda i: (ref_idk[i], ref_entropy[i], i))
     assert ranking.scores[0].chunk.index == ref_order[0]
 

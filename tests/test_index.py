@@ -11,6 +11,7 @@ and decoding is checked token by token against the slow oracle, which does not d
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,34 @@ def test_index_matches_full_prefill(tuned: Any, family: str, tmp_path: Path) -> 
     assert (answer.text, answer.not_found, answer.usage.generated_tokens) == (
         alone.text, alone.not_found, alone.usage.generated_tokens
     )  # fmt: skip
+
+
+def test_not_found_prob_criterion_ranks_alike_in_the_engine_and_the_index() -> None:
+    """``criterion="not_found_prob"``: both paths rank answering chunks by the probability of starting "not found",
+    lowest first, abstainers last, and the index keeps the state of the chunk it ranks first. The bundled model, whose
+    probabilities spread (a random model's are all near 1 / vocabulary), over the first 3,000 characters of each demo
+    file."""
+    from overflow_core.demo import CORPUS_DIR
+
+    docs = [(f.read_text()[:3000], {"source": f.name}) for f in sorted(CORPUS_DIR.glob("*.txt"))]
+    question = json.loads((CORPUS_DIR / "questions.json").read_text())[0]["question"]
+    e = OPRM.from_pretrained(criterion="not_found_prob", max_batch_tokens=2000)  # several micro-batches
+    index = StateIndex.build(e, docs)
+    expected, got = e.rank(question, docs), index.rank(question)
+    by_chunk = {s.chunk.index: s for s in expected.scores}
+    for s in got.scores:
+        assert abs(s.not_found_prob - by_chunk[s.chunk.index].not_found_prob) <= ATOL
+        assert s.idk == by_chunk[s.chunk.index].idk
+    for ranking in (expected, got):
+        keys = [(s.idk, s.not_found_prob) for s in ranking.scores]
+        assert all(a[0] < b[0] or (a[0] == b[0] and a[1] <= b[1] + ATOL) for a, b in itertools.pairwise(keys))
+        assert all(s.score == pytest.approx(-s.not_found_prob - 1000.0 * s.idk) for s in ranking.scores)
+    answering = [s.not_found_prob for s in got.scores if not s.idk]
+    assert len(answering) > 1 and answering[-1] - answering[0] > 0.01, "the fixture must set answering chunks apart"
+    assert got.best is not None and got.best.chunk.index == expected.scores[0].chunk.index
+    prompt = e.prompt(got.best.chunk.ids, e.encode_question(question))
+    cached = e.state_cache.longest_prefix(prompt)
+    assert cached is not None and cached.ids == tuple(prompt), "index.rank must cache its best chunk's state"
 
 
 def test_stream_and_summarize_match_the_engine(tuned: Any) -> None:

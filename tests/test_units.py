@@ -10,7 +10,7 @@ import torch
 from overflow_core.backends.base import State
 from overflow_core.prefill import pad_left, plan_batches
 from overflow_core.sampling import sample_next
-from overflow_core.scoring import entropy, idk_flags, rank_order, top_prob
+from overflow_core.scoring import Signals, entropy, idk_flags, not_found_prob, rank_order, signals, top_prob
 from overflow_core.state_cache import StateCache
 
 
@@ -21,19 +21,37 @@ def test_entropy_of_uniform_and_peaked_rows() -> None:
     assert h[1] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_top_prob_and_idk_flags() -> None:
+def test_top_prob_idk_flags_and_not_found_prob() -> None:
     logits = torch.tensor([[0.0, 5.0, 0.0], [3.0, 0.0, 0.0]])
     assert top_prob(logits)[1] == pytest.approx(math.exp(3) / (math.exp(3) + 2), abs=1e-6)
     assert idk_flags(logits, {1}).tolist() == [True, False]
+    assert not_found_prob(logits, {1})[1] == pytest.approx(1 / (math.exp(3) + 2), abs=1e-6)
+    assert not_found_prob(logits, [1, 2, 1])[0] == pytest.approx((math.exp(5) + 1) / (math.exp(5) + 2), abs=1e-6)
+    sig = signals(logits, iter([1]))  # a one-shot iterable of ids serves every signal
+    assert sig.idk.tolist() == [True, False] and sig.not_found_prob[0] > 0.9
 
 
 def test_rank_order_puts_abstainers_last_and_breaks_ties_by_index() -> None:
     ent = torch.tensor([0.5, 0.1, 0.5, 0.05])
     probs = torch.tensor([0.5, 0.9, 0.5, 0.95])
+    nf = torch.tensor([0.3, 0.4, 0.2, 0.9])
     idk = torch.tensor([False, False, False, True])
-    assert rank_order(ent, probs, idk, criterion="entropy", idk_filter=True) == [1, 0, 2, 3]
-    assert rank_order(ent, probs, idk, criterion="entropy", idk_filter=False) == [3, 1, 0, 2]
-    assert rank_order(ent, probs, idk, criterion="max_prob", idk_filter=True) == [1, 0, 2, 3]
+    sig = Signals(ent, probs, nf, idk)
+    assert rank_order(sig, criterion="entropy", idk_filter=True) == [1, 0, 2, 3]
+    assert rank_order(sig, criterion="entropy", idk_filter=False) == [3, 1, 0, 2]
+    assert rank_order(sig, criterion="max_prob", idk_filter=True) == [1, 0, 2, 3]
+    assert rank_order(sig, criterion="not_found_prob", idk_filter=True) == [2, 0, 1, 3]
+    assert rank_order(sig.take([3, 2]), criterion="not_found_prob", idk_filter=False) == [1, 0]
+    with pytest.raises(ValueError, match="criterion"):
+        rank_order(sig, criterion="loudest", idk_filter=True)
+
+
+def test_signals_fill_by_rows() -> None:
+    sig = Signals.zeros(4)
+    t = torch.tensor
+    sig.put([3, 1], Signals(t([1.0, 2.0]), t([0.5, 0.6]), t([0.1, 0.2]), t([True, False])))
+    assert sig.entropy.tolist() == [0.0, 2.0, 0.0, 1.0] and sig.idk.tolist() == [False, False, False, True]
+    assert sig.not_found_prob[3] == pytest.approx(0.1) and sig.top_prob[1] == pytest.approx(0.6)
 
 
 def test_greedy_sampling_is_argmax_and_seeded_sampling_is_reproducible() -> None:
@@ -122,7 +140,7 @@ def test_release_freed_memory_reports_whether_it_could() -> None:
         assert done
 
 
-@pytest.mark.parametrize("criterion", ["entropy", "max_prob"])
+@pytest.mark.parametrize("criterion", ["entropy", "max_prob", "not_found_prob"])
 def test_chunk_scores_sort_exactly_as_ranks_with_abstainers_last(criterion: str) -> None:
     from overflow_core.scoring import ABSTAIN_PENALTY, rank_chunks
     from overflow_core.types import Chunk
@@ -131,15 +149,17 @@ def test_chunk_scores_sort_exactly_as_ranks_with_abstainers_last(criterion: str)
     # chunk 0 abstains with the most confident distribution of all: it must still come last, and score lowest
     ent = torch.tensor([0.01, 1.5, 0.7, 2.0])
     probs = torch.tensor([0.99, 0.4, 0.6, 0.2])
+    nf = torch.tensor([0.001, 0.3, 0.1, 0.5])  # chunk 0's "not found" is its top token, yet the sum is smallest
     idk = torch.tensor([True, False, False, False])
-    scores = rank_chunks(chunks, ent, probs, idk, criterion=criterion, idk_filter=True)
+    scores = rank_chunks(chunks, Signals(ent, probs, nf, idk), criterion=criterion, idk_filter=True)
     assert [s.chunk.index for s in scores] == [2, 1, 3, 0]
     assert [s.rank for s in scores] == [0, 1, 2, 3]
+    assert [s.not_found_prob for s in scores] == pytest.approx([0.1, 0.3, 0.5, 0.001])
     values = [s.score for s in scores]
     assert values == sorted(values, reverse=True)
-    expected = -0.01 - ABSTAIN_PENALTY if criterion == "entropy" else 0.99 - ABSTAIN_PENALTY
+    expected = {"entropy": -0.01, "max_prob": 0.99, "not_found_prob": -0.001}[criterion] - ABSTAIN_PENALTY
     assert scores[-1].score == pytest.approx(expected)
-    unfiltered = rank_chunks(chunks, ent, probs, idk, criterion=criterion, idk_filter=False)
+    unfiltered = rank_chunks(chunks, Signals(ent, probs, nf, idk), criterion=criterion, idk_filter=False)
     assert unfiltered[0].chunk.index == 0, "without the IDK filter the confident abstainer wins"
 
 

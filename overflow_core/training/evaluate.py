@@ -206,6 +206,27 @@ def chunk_kind(text: str, key: str, attr: str) -> str:
     return "near attribute" if any(has(word) for word in attr.split()) else "neither"
 
 
+def best_by_criterion(scores: Any, *, idk_filter: bool) -> dict[str, Any]:
+    """The chunk each selection criterion (``config.CRITERIA``) would pick from one ranking's scores (None when every
+    chunk abstains under the IDK filter): what the evaluation's ``hit_by_criterion`` compares, with no extra model call."""
+    import torch
+
+    from overflow_core.config import CRITERIA
+    from overflow_core.scoring import Signals, rank_order
+
+    sig = Signals(
+        torch.tensor([s.entropy for s in scores]),
+        torch.tensor([s.top_prob for s in scores]),
+        torch.tensor([s.not_found_prob for s in scores]),
+        torch.tensor([s.idk for s in scores]),
+    )
+    picks = {}
+    for criterion in CRITERIA:
+        first = scores[rank_order(sig, criterion=criterion, idk_filter=idk_filter)[0]]
+        picks[criterion] = None if idk_filter and first.idk else first
+    return picks
+
+
 def _normalise(text: str) -> str:
     return " ".join(text.strip().strip(".").lower().split())
 
@@ -255,6 +276,7 @@ def evaluate(
                 k: [] for k in ("oprm_em", "vanilla_em", "hit", "oprm_nf", "vanilla_nf", "oprm_false_nf")
             }
             by_kind: dict[str, list[float]] = {}
+            hit_by: dict[str, list[float]] = {}
             chunks = haystacks = 0
             abstain_by_kind: dict[str, list[int]] = {}  # kind of chunk -> [abstained, chunks]
             todo_present, todo_absent = samples, absent_samples
@@ -289,6 +311,9 @@ def evaluate(
                         by_kind.setdefault(value_kind(q.answer), []).append(em)
                         best = answer.ranking.best
                         stats["hit"].append(float(best is not None and needle.value in best.chunk.text))
+                        picks = best_by_criterion(answer.ranking.scores, idk_filter=oprm.config.idk_filter)
+                        for criterion, pick in picks.items():
+                            hit_by.setdefault(criterion, []).append(float(pick is not None and needle.value in pick.chunk.text))
                         if vanilla is not None:
                             stats["vanilla_em"].append(float(_normalise(v_text) == _normalise(q.answer)))
                     else:
@@ -314,6 +339,7 @@ def evaluate(
                     for kind, (num, den) in sorted(abstain_by_kind.items(), key=lambda kv: CHUNK_KINDS.index(kv[0]))
                 },
                 "oprm_em_by_kind": {k: {"n": len(v), "em": round(sum(v) / len(v), 4)} for k, v in sorted(by_kind.items())},
+                "hit_by_criterion": {k: round(sum(v) / len(v), 4) for k, v in hit_by.items()},
                 "seconds": round(time.time() - t0, 1),
             }
             rows.append(row)
@@ -456,12 +482,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--axes", type=int, default=None, help="one-chunk questions per held-out axis (default 40; quick 8)"
     )
+    parser.add_argument(
+        "--criterion",
+        default=None,
+        help="OPRM's selection criterion: entropy, max_prob or not_found_prob (default: the model folder's, else entropy)",
+    )
     args = parser.parse_args(argv)
 
     from overflow_core.config import load_settings
     from overflow_core.engine import DEFAULT_MODEL_DIR, OPRM
 
-    overrides = {"chunk_tokens": args.chunk_tokens} if args.chunk_tokens else {}
+    overrides: dict[str, Any] = {"chunk_tokens": args.chunk_tokens} if args.chunk_tokens else {}
+    if args.criterion:
+        overrides["criterion"] = args.criterion
     oprm = OPRM.from_pretrained(args.model, **overrides)
     folder_settings = load_settings(Path(args.model) if args.model else DEFAULT_MODEL_DIR)
     train_tokens = int(folder_settings.get("chunk_tokens", oprm.config.chunk_tokens))
@@ -508,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "model": oprm.name,
             "chunk_tokens": oprm.config.chunk_tokens,
+            "criterion": oprm.config.criterion,
             "train_tokens": train_tokens,
             "seed": EVAL_SEED,
             "seconds": round(time.time() - t0, 1),

@@ -19,11 +19,12 @@ __all__ = ["OverflowRetriever", "to_document"]
 def to_document(score: ChunkScore) -> Document:
     """A scored chunk as a LangChain Document: the chunk's text, its document's metadata and how it scored.
 
-    Added metadata: ``score`` (``-entropy``, minus 1000 on abstainers; higher is better and sorts as ``rank``),
-    ``entropy`` (nats), ``top_prob``, ``rank`` (0 is best),
-    ``not_found`` (the model's most likely first token starts the not-found answer: this chunk abstains), ``start`` /
-    ``end`` (character span in the source document), ``doc_index`` and ``chunk_index``. Other fields, ``source``
-    included, are the source document's. Abstaining chunks rank after every answering one whatever their score.
+    Added metadata: ``score`` (``-entropy`` under the default criterion, minus 1000 on abstainers; higher is better and
+    sorts as ``rank``), ``entropy`` (nats), ``top_prob``, ``not_found_prob`` (probability that the answer starts with
+    the not-found phrase), ``rank`` (0 is best), ``not_found`` (the model's most likely first token starts the not-found
+    answer: this chunk abstains), ``start`` / ``end`` (character span in the source document), ``doc_index`` and
+    ``chunk_index``. Other fields, ``source`` included, are the source document's. Abstaining chunks rank after every
+    answering one whatever their score.
     """
     chunk = score.chunk
     metadata = {
@@ -31,6 +32,7 @@ def to_document(score: ChunkScore) -> Document:
         "score": score.score,
         "entropy": score.entropy,
         "top_prob": score.top_prob,
+        "not_found_prob": score.not_found_prob,
         "rank": score.rank,
         "not_found": score.idk,
         "start": chunk.start,

@@ -14,6 +14,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, Te
 from llama_index.retrievers.overflow import (
     ENTROPY_KEY,
     IDK_KEY,
+    NOT_FOUND_PROB_KEY,
     RANK_KEY,
     SCORE_KEYS,
     OverflowRetriever,
@@ -38,6 +39,7 @@ def test_retrieve_returns_top_k_scored_nodes_best_first(tiny_engine: OPRM) -> No
         assert hit.score == pytest.approx(-meta[ENTROPY_KEY] - (1000.0 if meta[IDK_KEY] else 0.0))
         assert meta[RANK_KEY] == rank
         assert isinstance(meta[IDK_KEY], bool)
+        assert 0.0 < meta[NOT_FOUND_PROB_KEY] < 1.0
         shown = hit.node.get_content(metadata_mode=MetadataMode.LLM)
         assert not any(key in shown for key in SCORE_KEYS), "scores must stay out of the text the LLM sees"
         assert not any(key in hit.node.get_content(metadata_mode=MetadataMode.EMBED) for key in SCORE_KEYS)

@@ -38,6 +38,8 @@ def test_documents_carry_source_metadata_and_scores(engine: OPRM, docs: list[Doc
         assert doc.metadata["score"] == pytest.approx(-doc.metadata["entropy"])
         assert doc.metadata["entropy"] == pytest.approx(score.entropy)
         assert doc.metadata["not_found"] is score.idk
+        assert doc.metadata["not_found_prob"] == pytest.approx(score.not_found_prob)
+        assert 0.0 < doc.metadata["not_found_prob"] < 1.0
         assert doc.metadata["doc_index"] == chunk.doc_index
         assert doc.metadata["chunk_index"] == chunk.index
     answering = [d.metadata["score"] for d in out if not d.metadata["not_found"]]

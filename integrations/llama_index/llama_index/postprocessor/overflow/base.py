@@ -18,9 +18,10 @@ class OverflowRerank(BaseNodePostprocessor):
     """Keep the ``top_n`` nodes the model is surest about, best first, with ``score = -entropy`` (minus 1000 on abstainers).
 
     Each node's LLM text is scored as ``prompt + node + question`` in one batched prefill; nodes whose first answer
-    token starts "not found" go last. ``oprm_entropy``, ``oprm_rank`` and ``oprm_idk`` go into the metadata, hidden from
-    the LLM. A node longer than one engine chunk is cut by the engine and comes back chunk by chunk. The states of the
-    ``top_n`` prompts stay in the engine's state cache for an :class:`~llama_index.llms.overflow.OverflowLLM`.
+    token starts "not found" go last. ``oprm_entropy``, ``oprm_rank``, ``oprm_idk`` and ``oprm_not_found_prob`` go into
+    the metadata, hidden from the LLM. A node longer than one engine chunk is cut by the engine and comes back chunk by
+    chunk. The states of the ``top_n`` prompts stay in the engine's state cache for an
+    :class:`~llama_index.llms.overflow.OverflowLLM`.
 
     Example:
         >>> rerank = OverflowRerank(engine=engine, top_n=1)  # doctest: +SKIP

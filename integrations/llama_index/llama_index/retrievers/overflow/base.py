@@ -55,7 +55,7 @@ class OverflowRetriever(BaseRetriever):
     Nodes may come from any node parser (use :func:`sentence_splitter` so sizes are in the model's tokens) or be whole
     ``Document``s: a node longer than one engine chunk is cut by the engine and returned chunk by chunk. Scores are
     ``-entropy`` (higher is better; minus 1000 when the model abstains, so score order is rank order); ``oprm_entropy``,
-    ``oprm_rank`` and ``oprm_idk`` go into each node's metadata,
+    ``oprm_rank``, ``oprm_idk`` and ``oprm_not_found_prob`` go into each node's metadata,
     hidden from the LLM. The states of the top ``similarity_top_k`` prompts stay in the engine's state cache, so an
     :class:`~llama_index.llms.overflow.OverflowLLM` on the same engine answers without reading the node again.
 

@@ -18,6 +18,7 @@ from overflow_core import ChunkScore, Document, Ranking
 __all__ = [
     "ENTROPY_KEY",
     "IDK_KEY",
+    "NOT_FOUND_PROB_KEY",
     "RANK_KEY",
     "SCORE_KEYS",
     "is_abstaining",
@@ -29,7 +30,8 @@ __all__ = [
 ENTROPY_KEY = "oprm_entropy"  # next-token entropy of the chunk's prompt (lower is more confident)
 RANK_KEY = "oprm_rank"  # 0 is the best chunk
 IDK_KEY = "oprm_idk"  # the model's most likely first token starts the not-found answer
-SCORE_KEYS = (ENTROPY_KEY, RANK_KEY, IDK_KEY)
+NOT_FOUND_PROB_KEY = "oprm_not_found_prob"  # probability that the answer starts with the not-found phrase
+SCORE_KEYS = (ENTROPY_KEY, RANK_KEY, IDK_KEY, NOT_FOUND_PROB_KEY)
 _SOURCE = "source"  # the core's metadata key naming a document; here it holds the node's key
 
 
@@ -56,7 +58,12 @@ def to_documents(nodes: Sequence[BaseNode], keys: Sequence[str]) -> list[Documen
 
 def _scored(node: BaseNode, score: ChunkScore) -> NodeWithScore:
     chunk = score.chunk
-    extra = {ENTROPY_KEY: score.entropy, RANK_KEY: score.rank, IDK_KEY: score.idk}
+    extra = {
+        ENTROPY_KEY: score.entropy,
+        RANK_KEY: score.rank,
+        IDK_KEY: score.idk,
+        NOT_FOUND_PROB_KEY: score.not_found_prob,
+    }
     if chunk.text == node_text(node):  # the node was scored whole: hand back the node itself, annotated
         out = node.model_copy(
             update={
