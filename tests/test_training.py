@@ -513,6 +513,7 @@ def test_compiled_training_takes_the_steps_of_eager_training(tmp_path: Any) -> N
     on the gradient's): the same data, the same loss, the same updates."""
     import json
 
+    import pytest
     import torch
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
@@ -536,3 +537,5 @@ def test_compiled_training_takes_the_steps_of_eager_training(tmp_path: Any) -> N
     for k in eager:  # AdamW's first steps are about lr (2.5e-3) a weight; rounding moves a rare one by ~1e-5
         torch.testing.assert_close(compiled_weights[k], eager[k], rtol=1e-3, atol=1e-4)
     assert not torch.equal(eager["backbone.embeddings.weight"], start["backbone.embeddings.weight"])  # steps were taken
+    with pytest.raises(ValueError, match="fast scan"):
+        TrainConfig(compile=True, bf16=True, fast_scan=False)

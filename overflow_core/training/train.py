@@ -8,8 +8,9 @@ Usage (the shipped weights; docs/model.md, "Reproduce")::
         --open-share 0.3 --lr 1e-3 --warmup 50 --no-fast-scan                                  # stage 2, continued
     python -m overflow_core.training.train --run runs/v5 --export overflow_core/models/default
 
-The shipped weights were trained through transformers' Mamba-2 scan (``--no-fast-scan``); by default training now runs
-it through :mod:`overflow_core.training.ssd`, the same maths with fewer copies (docs/model.md, "Training speed").
+The v5 weights were trained through transformers' Mamba-2 scan (``--no-fast-scan``); by default training now runs it
+through :mod:`overflow_core.training.ssd`, the same maths with fewer copies, and ``--compile --bf16`` (torch.compile,
+bfloat16 autocast) takes about half the time per step again (docs/model.md, "Training speed").
 
 The recipe follows ``shared/TRAINING_NOTES.md``: an easy start (few facts, short contexts) with loss on every token (context
 weight 0.25, answer weight 1), then longer contexts, more facts, more absent questions and harder negatives. Each context is
@@ -84,6 +85,11 @@ class TrainConfig:
             raise ValueError(f"stage: expected 1 (from scratch) or 2 (continuation), got {self.stage}")
         if (self.stage == 2) != bool(self.init):
             raise ValueError(f"stage {self.stage} with init={self.init!r}: stage 2, and only stage 2, starts from --init")
+        if self.compile and self.bf16 and not self.fast_scan:
+            raise ValueError(
+                "compile with bf16: expected the fast scan (it keeps the scan out of the compiled graph, whose backward"
+                " gives NaN under bfloat16 autocast), got fast_scan=False"
+            )
         overrides = self._overrides()
         if overrides and self.stage != 2:
             raise ValueError(f"{sorted(overrides)}: stage-2 settings, got them with stage {self.stage}")
