@@ -539,3 +539,43 @@ def test_compiled_training_takes_the_steps_of_eager_training(tmp_path: Any) -> N
     assert not torch.equal(eager["backbone.embeddings.weight"], start["backbone.embeddings.weight"])  # steps were taken
     with pytest.raises(ValueError, match="fast scan"):
         TrainConfig(compile=True, bf16=True, fast_scan=False)
+
+
+def test_a_non_finite_step_is_skipped_and_never_checkpointed(tmp_path: Any, monkeypatch: Any) -> None:
+    """A batch whose loss is NaN leaves the weights as they were (its update is skipped and logged), and a model with
+    non-finite weights is refused at checkpoint time, with the last good checkpoint kept."""
+    import json
+
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from overflow_core.engine import DEFAULT_MODEL_DIR
+    from overflow_core.training import train as train_module
+    from overflow_core.training.train import TrainConfig, _save_checkpoint, build_model, train
+
+    sizes = {"hidden_size": 32, "layers": 1, "state_size": 8, "head_dim": 16, "batch_size": 2, "eval_every": 0}
+    tok = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
+    init = tmp_path / "init"
+    model = build_model(TrainConfig(**sizes), tok)  # type: ignore[arg-type]
+    model.save_pretrained(str(init))
+    tok.save_pretrained(str(init))
+    (init / "overflow.json").write_text(json.dumps({"trained": {"steps": 0, "seed": 0}}))
+    real = train_module.weighted_loss
+    monkeypatch.setattr(train_module, "weighted_loss", lambda *a: real(*a) * float("nan"))
+    run = tmp_path / "run"
+    train(run, TrainConfig(**sizes, steps=1, stage=2, init=str(init), warmup=1))  # type: ignore[arg-type]
+    after = load_file(str(run / "checkpoint" / "model.safetensors"))
+    start = load_file(str(init / "model.safetensors"))
+    assert all(torch.equal(after[k], start[k]) for k in after), "a NaN step must not move any weight"
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert any(r.get("skipped") == "non-finite loss or gradient norm" and r["step"] == 1 for r in log)
+
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("inf"))
+    opt = torch.optim.AdamW(model.parameters())
+    with pytest.raises(FloatingPointError, match="step 7: expected finite weights"):
+        _save_checkpoint(run, model, opt, 7, 1.0)
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 1
+    assert not (run / "checkpoint.tmp").exists()

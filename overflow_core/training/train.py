@@ -250,6 +250,13 @@ def quick_eval(model: torch.nn.Module, tokenizer: Any, seed: int, n: int = 32) -
 
 
 def _save_checkpoint(run: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, elapsed: float) -> None:
+    """Write the checkpoint beside the last one, then swap it in; refuse non-finite weights, keeping the last good one."""
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise FloatingPointError(
+            f"step {step}: expected finite weights to checkpoint, got non-finite values in {', '.join(bad[:3])}"
+            f"{' and more' if len(bad) > 3 else ''}; the last checkpoint ({run / 'checkpoint'}) is kept"
+        )
     tmp = run / "checkpoint.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     save_model(model, str(tmp / "model.safetensors"))  # handles the tied embedding / lm_head weight
@@ -387,8 +394,10 @@ def _loop(
             logits = forward(input_ids=ids).logits
         loss = weighted_loss(logits, ids, weights, cfg.context_weight)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        finite = bool(torch.isfinite(loss.detach()) and torch.isfinite(norm))
+        if finite:
+            opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
         record: dict[str, Any] = {
@@ -396,6 +405,9 @@ def _loop(
             "loss": round(float(loss.detach()), 4),
             "s": round(time.time() - start, 1),
         }
+        if not finite:  # one bad batch must not turn every weight into NaN: skip its update and say so
+            log.write(json.dumps({**record, "skipped": "non-finite loss or gradient norm"}) + "\n")
+            log.flush()
         if step % 10 == 0:
             record["tokens"] = int(ids.numel())
             log.write(json.dumps(record) + "\n")
