@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from overflow_core.config import CRITERIA
 from overflow_core.training.data import HELD_OUT_AXES, Curriculum, Fact, FactWorld, HeldOutAxis, Question, Split
 
 __all__ = [
@@ -211,7 +212,6 @@ def best_by_criterion(scores: Any, *, idk_filter: bool) -> dict[str, Any]:
     chunk abstains under the IDK filter): what the evaluation's ``hit_by_criterion`` compares, with no extra model call."""
     import torch
 
-    from overflow_core.config import CRITERIA
     from overflow_core.scoring import Signals, rank_order
 
     sig = Signals(
@@ -485,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--criterion",
         default=None,
-        help="OPRM's selection criterion: entropy, max_prob or not_found_prob (default: the model folder's, else entropy)",
+        choices=CRITERIA,
+        help="OPRM's selection criterion (default: the model folder's, else entropy)",
     )
     args = parser.parse_args(argv)
 
