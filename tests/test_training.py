@@ -9,6 +9,25 @@ from overflow_core.testing import assert_same_ranking
 from overflow_core.training.data import FactWorld
 from overflow_core.training.evaluate import _vanilla_reader, chunk_kind, make_shared_haystack, value_kind
 
+TINY = {"hidden_size": 32, "layers": 1, "state_size": 8, "head_dim": 16, "batch_size": 2, "eval_every": 0}
+
+
+def _tiny_export(folder: Any) -> Any:
+    """A random tiny Mamba-2 saved as a stage-1 export (``TINY`` sizes, the bundled tokenizer) in ``folder``; returns it."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from overflow_core.engine import DEFAULT_MODEL_DIR
+    from overflow_core.training.train import TrainConfig, build_model
+
+    tok = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
+    model = build_model(TrainConfig(**TINY), tok)  # type: ignore[arg-type]
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    (folder / "overflow.json").write_text(json.dumps({"trained": {"steps": 0, "seed": 0}}))
+    return model
+
 
 def test_shared_haystack_places_each_needle_once_and_absent_questions_match_nothing(engine: Any) -> None:
     oprm = engine("mamba2")
@@ -288,17 +307,12 @@ def test_stage_two_continues_an_export_and_resumes_to_the_same_weights(tmp_path:
     import pytest
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer
 
-    from overflow_core.engine import DEFAULT_MODEL_DIR
-    from overflow_core.training.train import TrainConfig, build_model, export, train
+    from overflow_core.training.train import TrainConfig, export, train
 
-    sizes = {"hidden_size": 32, "layers": 1, "state_size": 8, "head_dim": 16, "batch_size": 2, "eval_every": 0}
-    tok = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
+    sizes = TINY
     init = tmp_path / "stage1"
-    build_model(TrainConfig(**sizes), tok).save_pretrained(str(init))  # type: ignore[arg-type]
-    tok.save_pretrained(str(init))
-    (init / "overflow.json").write_text(json.dumps({"trained": {"steps": 0, "seed": 0}}))
+    _tiny_export(init)
     cfg = TrainConfig(**sizes, steps=2, stage=2, init=str(init), open_share=0.3, warmup=1)  # type: ignore[arg-type]
     train(tmp_path / "whole", cfg)
     train(tmp_path / "split", replace(cfg, steps=1))
@@ -511,22 +525,16 @@ def test_compiled_training_takes_the_steps_of_eager_training(tmp_path: Any) -> N
     """``--compile`` (torch.compile, batches padded to a whole number of chunks) trains to the weights eager training
     reaches from the same start and seed, to float32 rounding (amplified by AdamW's early steps, whose size barely depends
     on the gradient's): the same data, the same loss, the same updates."""
-    import json
 
     import pytest
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer
 
-    from overflow_core.engine import DEFAULT_MODEL_DIR
-    from overflow_core.training.train import TrainConfig, build_model, train
+    from overflow_core.training.train import TrainConfig, train
 
-    sizes = {"hidden_size": 32, "layers": 1, "state_size": 8, "head_dim": 16, "batch_size": 2, "eval_every": 0}
-    tok = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
+    sizes = TINY
     init = tmp_path / "init"
-    build_model(TrainConfig(**sizes), tok).save_pretrained(str(init))  # type: ignore[arg-type]
-    tok.save_pretrained(str(init))
-    (init / "overflow.json").write_text(json.dumps({"trained": {"steps": 0, "seed": 0}}))
+    _tiny_export(init)
     for name, compiled in (("eager", False), ("compiled", True)):
         cfg = TrainConfig(**sizes, steps=2, stage=2, init=str(init), warmup=1, compile=compiled)  # type: ignore[arg-type]
         train(tmp_path / name, cfg)
@@ -549,19 +557,13 @@ def test_a_non_finite_step_is_skipped_and_never_checkpointed(tmp_path: Any, monk
     import pytest
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer
 
-    from overflow_core.engine import DEFAULT_MODEL_DIR
     from overflow_core.training import train as train_module
-    from overflow_core.training.train import TrainConfig, _save_checkpoint, build_model, train
+    from overflow_core.training.train import TrainConfig, _save_checkpoint, train
 
-    sizes = {"hidden_size": 32, "layers": 1, "state_size": 8, "head_dim": 16, "batch_size": 2, "eval_every": 0}
-    tok = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
+    sizes = TINY
     init = tmp_path / "init"
-    model = build_model(TrainConfig(**sizes), tok)  # type: ignore[arg-type]
-    model.save_pretrained(str(init))
-    tok.save_pretrained(str(init))
-    (init / "overflow.json").write_text(json.dumps({"trained": {"steps": 0, "seed": 0}}))
+    model = _tiny_export(init)
     real = train_module.weighted_loss
     monkeypatch.setattr(train_module, "weighted_loss", lambda *a: real(*a) * float("nan"))
     run = tmp_path / "run"
