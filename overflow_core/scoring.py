@@ -73,9 +73,12 @@ class Signals:
 
 
 def signals(logits: torch.Tensor, idk_ids: Iterable[int]) -> Signals:
-    """Every signal of ``[B, V]`` next-token logits (the not-found answer starts with one of ``idk_ids``)."""
-    ids = list(idk_ids)
-    return Signals(entropy(logits), top_prob(logits), not_found_prob(logits, ids), idk_flags(logits, ids))
+    """Every signal of ``[B, V]`` next-token logits (the not-found answer starts with one of ``idk_ids``): what
+    :func:`entropy`, :func:`top_prob`, :func:`not_found_prob` and :func:`idk_flags` give, from one softmax."""
+    ids = _ids(idk_ids, logits.device)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    p = logp.exp()
+    return Signals(-(p * logp).sum(-1), p.max(-1).values, p[:, ids].sum(-1), torch.isin(logits.argmax(-1), ids))
 
 
 ABSTAIN_PENALTY = 1000.0  # added to an abstaining row's key: more than any entropy (ln 256k < 13) or probability gap
