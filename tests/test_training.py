@@ -415,7 +415,8 @@ def test_stage_two_settings_override_the_key_checking_curriculum() -> None:
 
 def test_noise_filler_draws_random_vocabulary_pieces_on_the_training_split_only() -> None:
     """``FactWorld(noise_share=...)`` replaces that share of filler sentences by random vocabulary pieces (so tokens the
-    generated prose never uses are trained as inputs); never on the held-out split; refused without pieces."""
+    generated prose never uses are trained as inputs) and never spells a special token's text; never on the held-out
+    split; refused without pieces."""
     import pytest
 
     from overflow_core.training.data import noise_sentence
@@ -426,6 +427,10 @@ def test_noise_filler_draws_random_vocabulary_pieces_on_the_training_split_only(
         text = noise_sentence(r, pieces)
         assert text.endswith(".") and 4 <= len(text) - 1 <= 12 * 4
         assert set(text[:-1]) <= set("()%q'Ġfo ")
+    special = ("<|", "end", "|>", "(")
+    texts = [noise_sentence(r, special) for _ in range(500)]
+    assert not any("<|" in t for t in texts), "a noise sentence must never spell a special token's opening"
+    assert any("end" in t for t in texts)
     noisy = FactWorld("train", noise_share=0.5, noise_pieces=pieces)
     fillers = [noisy.filler(random.Random(i)) for i in range(200)]
     share = sum(any(p in f for p in ("(", ")", "%", "Ġfoo")) for f in fillers) / len(fillers)

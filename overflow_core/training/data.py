@@ -786,8 +786,12 @@ def open_filler(r: random.Random) -> str:
 def noise_sentence(r: random.Random, pieces: Sequence[str]) -> str:
     """A "sentence" of 4-12 random vocabulary pieces: it puts tokens the generated prose never uses (parentheses, quotes,
     currency signs, "j", "q", partial merges) into the model's input, so that their embeddings are trained as inputs
-    too. Without it about a fifth of the vocabulary only ever appears as a softmax negative."""
-    return _piece_run(r, pieces, 4, 12) + "."
+    too. Without it about a fifth of the vocabulary only ever appears as a softmax negative. Runs that could form a
+    special token's text ("<|end|>") are drawn again, as in ``symbol_attribute``."""
+    while True:
+        run = _piece_run(r, pieces, 4, 12)
+        if "<|" not in run:
+            return run + "."
 
 
 def _piece_run(r: random.Random, pieces: Sequence[str], lo: int, hi: int) -> str:
