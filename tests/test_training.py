@@ -586,3 +586,53 @@ def test_a_non_finite_step_is_skipped_and_never_checkpointed(tmp_path: Any, monk
         _save_checkpoint(run, model, opt, 7, 1.0)
     assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 1
     assert not (run / "checkpoint.tmp").exists()
+
+
+def test_model_sizes_come_from_the_cli_or_the_init_model_and_a_mismatch_is_refused(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """``--hidden-size`` / ``--layers`` size a stage-1 model; stage 2 takes its sizes from ``--init`` unless told
+    otherwise; a stage 2 whose sizes do not fit the init model, or a resume with other sizes than its checkpoint's, is
+    refused with the sizes named (before any file of the run is touched); impossible sizes are refused."""
+    from dataclasses import replace
+
+    import pytest
+
+    from overflow_core.training import train as train_module
+    from overflow_core.training.train import TrainConfig, init_architecture, main, train
+
+    init = tmp_path / "init"
+    _tiny_export(init)
+    assert init_architecture(init) == {"hidden_size": 32, "layers": 1, "state_size": 8, "head_dim": 16}
+    seen: list[TrainConfig] = []
+    monkeypatch.setattr(train_module, "train", lambda run, cfg: seen.append(cfg))
+    main(["--run", str(tmp_path / "a"), "--stage", "2", "--init", str(init)])
+    main(["--run", str(tmp_path / "b"), "--hidden-size", "384", "--layers", "6"])
+    assert (seen[0].hidden_size, seen[0].layers) == (32, 1)
+    assert (seen[1].hidden_size, seen[1].layers) == (384, 6) and seen[1].stage == 1
+    monkeypatch.undo()
+
+    cfg = TrainConfig(**TINY, steps=1, stage=2, init=str(init), warmup=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"--init .*hidden_size 32 \(now 64\)"):
+        train(tmp_path / "wide", replace(cfg, hidden_size=64))
+    assert not (tmp_path / "wide").exists()
+    run = tmp_path / "run"
+    train(run, cfg)
+    stored = (run / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"the checkpoint in .*layers 1 \(now 2\)"):
+        train(run, replace(cfg, layers=2, init="", stage=1))
+    assert (run / "config.json").read_text() == stored, "a refused resume must leave the run as it was"
+    with pytest.raises(ValueError, match=r"init .*config\.json"):
+        init_architecture(tmp_path)
+    with pytest.raises(ValueError, match="inner width"):
+        TrainConfig(hidden_size=40, head_dim=32)
+    with pytest.raises(ValueError, match="layers: expected a positive size"):
+        TrainConfig(layers=0)
+
+
+def test_time_training_step_builds_the_asked_sizes() -> None:
+    """``ssd.time_training_step`` times the width and depth it is given (a tiny one here), on every scan variant."""
+    from overflow_core.training.ssd import time_training_step
+
+    timings = time_training_step(steps=1, batch=1, length=64, hidden_size=32, layers=1)
+    assert set(timings) == {"transformers", "chunk_scan", "chunk_scan+bf16"} and all(t > 0 for t in timings.values())

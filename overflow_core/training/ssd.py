@@ -142,13 +142,20 @@ def fast_chunk_scan(*, outside_compile: bool = False) -> Iterator[None]:
 
 
 def time_training_step(
-    steps: int = 5, batch: int = 16, length: int = 570, threads: int = 2, compiled: bool = False
+    steps: int = 5,
+    batch: int = 16,
+    length: int = 570,
+    threads: int = 2,
+    compiled: bool = False,
+    hidden_size: int | None = None,
+    layers: int | None = None,
 ) -> dict[str, float]:
-    """Seconds per forward + backward of the bundled model's architecture (``train.build_model`` with the default
-    ``TrainConfig`` and the bundled tokenizer; random weights, random ids ``[batch, length]``, by default a stage-2
-    batch) with transformers' scan, with :func:`chunk_scan`, and with :func:`chunk_scan` under bfloat16 autocast; with
-    ``compiled``, also through ``torch.compile`` as ``train --compile`` runs it, in float32 and under bfloat16 autocast
-    (the scan then outside the compiled graph). One untimed step first (for the compiled ones, the compilation)."""
+    """Seconds per forward + backward of the bundled model's architecture, or of another width / depth
+    (``train.build_model`` with ``TrainConfig``'s sizes unless given, and the bundled tokenizer; random weights, random
+    ids ``[batch, length]``, by default a stage-2 batch) with transformers' scan, with :func:`chunk_scan`, and with
+    :func:`chunk_scan` under bfloat16 autocast; with ``compiled``, also through ``torch.compile`` as ``train --compile``
+    runs it, in float32 and under bfloat16 autocast (the scan then outside the compiled graph). One untimed step first
+    (for the compiled ones, the compilation)."""
     from transformers import AutoTokenizer
 
     from overflow_core.engine import DEFAULT_MODEL_DIR
@@ -156,7 +163,8 @@ def time_training_step(
 
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
-    model = build_model(TrainConfig(), tokenizer).train()
+    cfg = TrainConfig(hidden_size=hidden_size or TrainConfig.hidden_size, layers=layers or TrainConfig.layers)
+    model = build_model(cfg, tokenizer).train()
     ids = torch.randint(0, len(tokenizer), (batch, length))
     variants = [("transformers", False, False, False), ("chunk_scan", True, False, False)]
     variants.append(("chunk_scan+bf16", True, True, False))
@@ -188,6 +196,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Time a training step with transformers' scan and with chunk_scan.")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile, float32 and bfloat16")
+    parser.add_argument("--hidden-size", type=int, help="model width (default: the bundled model's)")
+    parser.add_argument("--layers", type=int, help="Mamba-2 layers (default: the bundled model's)")
+    parser.add_argument("--length", type=int, default=570, help="tokens a row (default: a stage-2 batch's 570)")
     args = parser.parse_args()
-    for label, seconds in time_training_step(args.steps, compiled=args.compile).items():
-        print(f"{label:>16}: {seconds:.2f} s per forward + backward of a 16 x 570 batch")
+    timings = time_training_step(
+        args.steps, length=args.length, compiled=args.compile, hidden_size=args.hidden_size, layers=args.layers
+    )
+    for label, seconds in timings.items():
+        print(f"{label:>16}: {seconds:.2f} s per forward + backward of a 16 x {args.length} batch")

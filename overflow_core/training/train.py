@@ -86,6 +86,14 @@ class TrainConfig:
             raise ValueError(f"stage: expected 1 (from scratch) or 2 (continuation), got {self.stage}")
         if (self.stage == 2) != bool(self.init):
             raise ValueError(f"stage {self.stage} with init={self.init!r}: stage 2, and only stage 2, starts from --init")
+        for name in ARCHITECTURE_FIELDS:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: expected a positive size, got {getattr(self, name)}")
+        if 2 * self.hidden_size % self.head_dim:
+            raise ValueError(
+                f"hidden_size {self.hidden_size}: expected 2 * hidden_size (the Mamba-2 inner width) to be a multiple"
+                f" of head_dim {self.head_dim}"
+            )
         if self.compile and self.bf16 and not self.fast_scan:
             raise ValueError(
                 "compile with bf16: expected the fast scan (it keeps the scan out of the compiled graph, whose backward"
@@ -299,6 +307,28 @@ def _load_checkpoint(run: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     return int(state["step"]), float(state["elapsed_s"])
 
 
+ARCHITECTURE_FIELDS = ("hidden_size", "layers", "state_size", "head_dim")  # TrainConfig fields that shape the weights
+_HF_NAMES = {"hidden_size": "hidden_size", "layers": "num_hidden_layers", "state_size": "state_size", "head_dim": "head_dim"}
+
+
+def init_architecture(folder: str | Path) -> dict[str, int]:
+    """The :data:`ARCHITECTURE_FIELDS` of a model folder (an ``--export``), read from its ``config.json``."""
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+        return {field: int(config[name]) for field, name in _HF_NAMES.items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--init {folder}: expected a Mamba-2 model folder with a config.json, got {e!r}") from e
+
+
+def _check_architecture(cfg: TrainConfig, other: dict[str, Any], what: str) -> None:
+    """Raise if ``other`` (a run's stored config or an init model's) shapes the weights differently from ``cfg``."""
+    diff = {f: (other[f], getattr(cfg, f)) for f in ARCHITECTURE_FIELDS if f in other and other[f] != getattr(cfg, f)}
+    if diff:
+        got = ", ".join(f"{f} {old} (now {new})" for f, (old, new) in diff.items())
+        raise ValueError(f"{what} has another architecture: {got}; train with the same sizes or use another --run")
+
+
 def _load_init(model: torch.nn.Module, folder: Path) -> None:
     """Load a stage-1 export's weights into ``model`` (built from the same ``TrainConfig`` sizes)."""
     missing, unexpected = load_model(model, str(folder / "model.safetensors"), strict=False)
@@ -318,6 +348,10 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> Path:
     run = Path(run_dir)
     if cfg.init and not (Path(cfg.init) / "model.safetensors").is_file():
         raise FileNotFoundError(f"--init {cfg.init}: expected a model folder with model.safetensors (a stage-1 --export)")
+    if cfg.init:
+        _check_architecture(cfg, init_architecture(cfg.init), f"--init {cfg.init}")
+    if (run / "checkpoint" / "state.json").exists() and (run / "config.json").exists():
+        _check_architecture(cfg, json.loads((run / "config.json").read_text()), f"the checkpoint in {run}")
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     if not (run / "tokenizer" / "tokenizer.json").exists():
@@ -461,6 +495,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=TrainConfig.threads)
     parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=TrainConfig.warmup, help="warm-up steps")
+    parser.add_argument(
+        "--hidden-size", type=int, help=f"model width (default {TrainConfig.hidden_size}; stage 2: the --init model's)"
+    )
+    parser.add_argument(
+        "--layers", type=int, help=f"Mamba-2 layers (default {TrainConfig.layers}; stage 2: the --init model's)"
+    )
     parser.add_argument("--stage", type=int, default=TrainConfig.stage, choices=(1, 2))
     parser.add_argument("--init", default="", help="stage 2: the stage-1 model folder (an --export) to continue from")
     parser.add_argument("--open-share", type=float, default=TrainConfig.open_share)
@@ -488,7 +528,9 @@ def main(argv: list[str] | None = None) -> None:
         help="share of attribute names made of random vocabulary pieces",
     )
     parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the model (needs a C++ compiler; about 3x faster with --bf16)"
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (needs a C++ compiler; 28-34%% less time a step, 34-50%% with --bf16)",
     )
     parser.add_argument("--no-fast-scan", action="store_true", help="use transformers' own Mamba-2 scan")
     parser.add_argument("--export", metavar="DIR", help="export the run's checkpoint as a model folder and exit")
@@ -497,7 +539,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.export:
         print(export(args.run, args.export))
         return
+    arch = init_architecture(args.init) if args.init else {}
     cfg = TrainConfig(
+        hidden_size=args.hidden_size or arch.get("hidden_size", TrainConfig.hidden_size),
+        layers=args.layers or arch.get("layers", TrainConfig.layers),
         steps=args.steps,
         seed=args.seed,
         batch_size=args.batch_size,
