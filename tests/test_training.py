@@ -626,8 +626,8 @@ def test_model_sizes_come_from_the_cli_or_the_init_model_and_a_mismatch_is_refus
         init_architecture(tmp_path)
     with pytest.raises(ValueError, match="inner width"):
         TrainConfig(hidden_size=40, head_dim=32)
-    with pytest.raises(ValueError, match="layers: expected a positive size"):
-        TrainConfig(layers=0)
+    with pytest.raises(ValueError, match="layers: expected a positive size, got 0"):
+        main(["--run", str(tmp_path / "c"), "--layers", "0"])
 
 
 def test_time_training_step_builds_the_asked_sizes() -> None:

@@ -541,8 +541,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     arch = init_architecture(args.init) if args.init else {}
     cfg = TrainConfig(
-        hidden_size=args.hidden_size or arch.get("hidden_size", TrainConfig.hidden_size),
-        layers=args.layers or arch.get("layers", TrainConfig.layers),
+        hidden_size=args.hidden_size if args.hidden_size is not None else arch.get("hidden_size", TrainConfig.hidden_size),
+        layers=args.layers if args.layers is not None else arch.get("layers", TrainConfig.layers),
         steps=args.steps,
         seed=args.seed,
         batch_size=args.batch_size,
