@@ -62,7 +62,7 @@ def test_evidence_finds_a_value_that_opens_its_sentence_capitalised() -> None:
     from overflow_core.bench.tasks import _evidence
 
     sentence = "Teacher is the job of Quinn Novak."
-    docs = [("Filler first.", {}), (f"The day was calm. {sentence} The bus was late.", {})]
+    docs: list[tuple[str, dict[str, Any]]] = [("Filler first.", {}), (f"The day was calm. {sentence} The bus was late.", {})]
     ev = _evidence(docs, 1, sentence, "teacher")
     assert ev.doc == 1 and docs[1][0][ev.start : ev.end] == "Teacher"
 

@@ -257,7 +257,12 @@ def test_release_memory_setting_reaches_the_prefill_loop(
     import overflow_core.prefill as prefill_module
 
     calls: list[int] = []
-    monkeypatch.setattr(prefill_module, "release_freed_memory", lambda: calls.append(1) or True)
+
+    def counting_release() -> bool:
+        calls.append(1)
+        return True
+
+    monkeypatch.setattr(prefill_module, "release_freed_memory", counting_release)
     oprm = engine("mamba2", max_batch_tokens=200, release_memory=release)
     oprm.rank(QUESTION, docs)
     assert (len(calls) > 1) if release else not calls

@@ -132,6 +132,7 @@ def test_query_feeds_only_the_question(tuned: Any, family: str) -> None:
 
     def count(_module: Any, args: Any, kwargs: dict[str, Any]) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
+        assert ids is not None, "a forward without input_ids"
         seen.append(int(ids.numel()))
 
     handle = e.model.register_forward_pre_hook(count, with_kwargs=True)

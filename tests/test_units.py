@@ -120,7 +120,12 @@ def test_prefill_gives_freed_memory_back_after_every_micro_batch(monkeypatch: py
     import overflow_core.prefill as prefill_module
 
     calls: list[int] = []
-    monkeypatch.setattr(prefill_module, "release_freed_memory", lambda: calls.append(1) or True)
+
+    def counting_release() -> bool:
+        calls.append(1)
+        return True
+
+    monkeypatch.setattr(prefill_module, "release_freed_memory", counting_release)
     prompts = [[1] * 30, [1] * 40, [1] * 50, [1] * 60]
     batches = list(
         prefill_module.prefill(_CountingBackend(), prompts, max_batch_tokens=100, pad_id=0, release_memory=release)  # type: ignore[arg-type]
