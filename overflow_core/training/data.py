@@ -786,17 +786,17 @@ def open_filler(r: random.Random) -> str:
 def noise_sentence(r: random.Random, pieces: Sequence[str]) -> str:
     """A "sentence" of 4-12 random vocabulary pieces: it puts tokens the generated prose never uses (parentheses, quotes,
     currency signs, "j", "q", partial merges) into the model's input, so that their embeddings are trained as inputs
-    too. Without it about a fifth of the vocabulary only ever appears as a softmax negative. Runs that could form a
-    special token's text ("<|end|>") are drawn again, as in ``symbol_attribute``."""
-    while True:
-        run = _piece_run(r, pieces, 4, 12)
-        if "<|" not in run:
-            return run + "."
+    too. Without it about a fifth of the vocabulary only ever appears as a softmax negative."""
+    return _piece_run(r, pieces, 4, 12) + "."
 
 
 def _piece_run(r: random.Random, pieces: Sequence[str], lo: int, hi: int) -> str:
-    """``lo`` to ``hi`` random vocabulary pieces, joined as they decode, outer spaces stripped."""
-    return "".join(r.choice(pieces) for _ in range(r.randint(lo, hi))).strip()
+    """``lo`` to ``hi`` random vocabulary pieces, joined as they decode, outer spaces stripped. Runs that could form a
+    special token's text ("<|end|>") are drawn again."""
+    while True:
+        run = "".join(r.choice(pieces) for _ in range(r.randint(lo, hi))).strip()
+        if "<|" not in run:
+            return run
 
 
 _FREE_GENERATORS: tuple[ValueGen, ...] = (
@@ -823,7 +823,7 @@ def symbol_attribute(r: random.Random, pieces: Sequence[str]) -> str:
     while True:
         name = _piece_run(r, pieces, 1, 3)
         words = set(name.lower().split())
-        if name and "\n" not in name and "<|" not in name and not words & HELDOUT_ATTRIBUTE_WORDS:
+        if name and "\n" not in name and not words & HELDOUT_ATTRIBUTE_WORDS:
             return name
 
 

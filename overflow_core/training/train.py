@@ -307,8 +307,9 @@ def _load_checkpoint(run: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     return int(state["step"]), float(state["elapsed_s"])
 
 
-ARCHITECTURE_FIELDS = ("hidden_size", "layers", "state_size", "head_dim")  # TrainConfig fields that shape the weights
+# TrainConfig fields that shape the weights, by their name in a transformers Mamba2Config
 _HF_NAMES = {"hidden_size": "hidden_size", "layers": "num_hidden_layers", "state_size": "state_size", "head_dim": "head_dim"}
+ARCHITECTURE_FIELDS = tuple(_HF_NAMES)
 
 
 def init_architecture(folder: str | Path) -> dict[str, int]:
