@@ -636,3 +636,54 @@ def test_time_training_step_builds_the_asked_sizes() -> None:
 
     timings = time_training_step(steps=1, batch=1, length=64, hidden_size=32, layers=1)
     assert set(timings) == {"transformers", "chunk_scan", "chunk_scan+bf16"} and all(t > 0 for t in timings.values())
+
+
+def test_filler_probe_variants_change_the_words_or_the_sentences_of_the_filler_only() -> None:
+    import re
+
+    from overflow_core.training.data import Curriculum
+    from overflow_core.training.evaluate import (
+        FILLER_VARIANTS,
+        HELDOUT_FILLER_ADJECTIVES,
+        HELDOUT_FILLER_FOODS,
+        HELDOUT_FILLER_NOUNS,
+        new_word_filler,
+        shuffled_filler,
+    )
+
+    # the premise: no training text of either stage uses a word of the new-word filler
+    seen: set[str] = set()
+    rng = random.Random(12)
+    for i in range(600):
+        stage1 = FactWorld("train").sample(rng, Curriculum.at(i / 600))
+        stage2 = FactWorld("train", open_share=0.3).sample(rng, Curriculum.key_checking(i / 600))
+        for sample in (stage1, stage2):
+            text = " ".join([sample.context, *(q.text for q in sample.questions)])
+            seen |= set(re.findall(r"[a-z]+", text.lower()))
+    new_words = {*HELDOUT_FILLER_NOUNS, *HELDOUT_FILLER_ADJECTIVES, *HELDOUT_FILLER_FOODS}
+    assert not new_words & seen
+    words = lambda s: set(re.findall(r"[a-z]+", s.lower()))  # noqa: E731
+    assert all(words(new_word_filler(rng)) & new_words for _ in range(200))
+    reordered = 0
+    for k in range(300):  # the words of the training sentence the same draw gives, in another order
+        r = random.Random(k)
+        sentence = r.choice(FILLER_VARIANTS["seen"])(r)
+        shuffled = shuffled_filler(random.Random(k))
+        assert sorted(shuffled.lower().rstrip(".").split()) == sorted(sentence.lower().rstrip(".").split())
+        assert not shuffled[0].islower() and shuffled.endswith(".")
+        reordered += shuffled.lower() != sentence.lower()
+    assert reordered > 250
+
+
+def test_filler_probe_asks_the_same_facts_whatever_the_filler(engine: Any) -> None:
+    from overflow_core.training.evaluate import FILLER_VARIANTS, filler_probe, filler_probe_question
+
+    for i in range(20):
+        drawn = [filler_probe_question(fillers, i) for fillers in FILLER_VARIANTS.values()]
+        assert len({q.text for _, _, q in drawn}) == 1 and len({f.value for _, f, _ in drawn}) == 1
+        assert all(f.sentence in context for context, f, _ in drawn)
+        assert len({context for context, _, _ in drawn}) == len(FILLER_VARIANTS), "only the filler may differ"
+    probe = filler_probe(engine("mamba2"), 2)
+    assert set(probe) == set(FILLER_VARIANTS)
+    assert all(row["n"] == 2 and 0.0 <= row["em"] <= 1.0 and 0.0 <= row["not_found"] <= 1.0 for row in probe.values())
+    assert filler_probe(engine("mamba2"), 0) == {}

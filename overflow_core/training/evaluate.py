@@ -16,7 +16,9 @@ attributes and filler never used in training):
 - a first-token probe (:func:`first_token_probe`): within one short context, how often the answer's first token is the
   model's top prediction, by kind of value, next to the probability of "not found";
 - exact match within one chunk with one held-out axis at a time (:func:`heldout_axes`: attributes, fact phrasings,
-  question phrasings, filler), to show which of them breaks the held-out split.
+  question phrasings, filler), to show which of them breaks the held-out split;
+- on request (``--filler-probe N``), exact match within one chunk as only the filler changes (:func:`filler_probe`):
+  whether new words or new sentences are what breaks a model on filler it never saw.
 
 Several questions share one haystack: it holds up to ``--needles`` needle facts in different documents, and as many
 absent questions as needed are asked of it too. Each haystack is read once per method, and each question then costs only
@@ -51,13 +53,26 @@ from pathlib import Path
 from typing import Any
 
 from overflow_core.config import CRITERIA
-from overflow_core.training.data import HELD_OUT_AXES, Curriculum, Fact, FactWorld, HeldOutAxis, Question, Split
+from overflow_core.training.data import (
+    FIRST,
+    HELD_OUT_AXES,
+    HELDOUT_FILLERS,
+    TRAIN_FILLERS,
+    Curriculum,
+    Fact,
+    FactWorld,
+    HeldOutAxis,
+    Question,
+    Split,
+)
 
 __all__ = [
     "Haystack",
     "SharedHaystack",
     "chunk_kind",
     "evaluate",
+    "filler_probe",
+    "filler_probe_question",
     "first_token_probe",
     "heldout_axes",
     "main",
@@ -430,6 +445,76 @@ def heldout_axes(oprm: Any, n: int, seed: int = EVAL_SEED) -> dict[str, Any]:
     return out
 
 
+# Words of the held-out filler kinds (``data.HELDOUT_FILLERS``: recipes and manuals), which no training text uses.
+HELDOUT_FILLER_NOUNS = ("valve", "switch", "panel", "cable", "filter", "button")
+HELDOUT_FILLER_ADJECTIVES = ("clean", "secure", "dry")
+HELDOUT_FILLER_FOODS = ("flour", "rice", "sugar", "butter", "oats", "beans")
+
+
+def shuffled_filler(r: random.Random) -> str:
+    """A training filler sentence with its words in random order: words the model has seen, in sentences it has not
+    ("Station the went Zane and lost an umbrella to.")."""
+    words = r.choice(TRAIN_FILLERS)(r).rstrip(".").split()
+    r.shuffle(words)
+    sentence = " ".join(words)
+    return sentence[0].upper() + sentence[1:] + "."
+
+
+def new_word_filler(r: random.Random) -> str:
+    """Two training filler shapes (``_filler_grammar``, ``_filler_story``) filled with the words of the held-out filler:
+    sentences the model has seen the like of, in words it has not ("The dry valve blocked the cable.")."""
+    if r.random() < 0.5:
+        verb = r.choice(["passed", "faced", "blocked", "joined"])
+        noun, other = r.choice(HELDOUT_FILLER_NOUNS), r.choice(HELDOUT_FILLER_NOUNS)
+        return f"The {r.choice(HELDOUT_FILLER_ADJECTIVES)} {noun} {verb} the {other}."
+    return f"{r.choice(FIRST)} went to the {r.choice(HELDOUT_FILLER_NOUNS)} and bought the {r.choice(HELDOUT_FILLER_FOODS)}."
+
+
+FILLER_VARIANTS: dict[str, tuple[Any, ...]] = {
+    "seen": TRAIN_FILLERS,
+    "held-out": HELDOUT_FILLERS,
+    "seen words, new sentences": (shuffled_filler,),
+    "new words, seen sentences": (new_word_filler,),
+}
+
+
+def filler_probe(oprm: Any, n: int, seed: int = EVAL_SEED) -> dict[str, Any]:
+    """Exact match within one chunk as the filler changes and nothing else.
+
+    The same ``n`` sets of three facts (seen formats; half the time about similar keys) and the same questions are asked
+    with each filler of :data:`FILLER_VARIANTS`: the training filler, the held-out filler, training filler with its words
+    shuffled, and training sentence shapes in the held-out filler's words. The facts and the question come from one
+    seeded draw per question, the document (filler and the facts' places) from another, so only the filler differs
+    between variants. Through ``oprm.answer``, like :func:`heldout_axes`."""
+    out: dict[str, Any] = {}
+    if n <= 0:
+        return out
+    for name, fillers in FILLER_VARIANTS.items():
+        em = nf = 0
+        for i in range(n):
+            context, fact, question = filler_probe_question(fillers, i, seed, not_found=oprm.config.not_found)
+            answer = oprm.answer(question.text, [context])
+            em += _normalise(answer.text) == _normalise(fact.value)
+            nf += answer.not_found
+        out[name] = {"n": n, "em": round(em / n, 4), "not_found": round(nf / n, 4)}
+    return out
+
+
+def filler_probe_question(
+    fillers: tuple[Any, ...], i: int, seed: int = EVAL_SEED, not_found: str = "not found"
+) -> tuple[str, Fact, Question]:
+    """Question ``i`` of :func:`filler_probe` with ``fillers``: its facts and question depend on ``seed`` and ``i``
+    only, its document's filler and the facts' places on a second draw."""
+    world = FactWorld("train", not_found=not_found)
+    world.fillers = fillers
+    rng = random.Random(f"{seed}-filler-{i}")
+    facts = world.facts(rng, 3, distractor_rate=0.5 if rng.random() < 0.5 else 0.0)
+    fact = rng.choice(facts)
+    question = world.question(rng, fact.key, fact.attr, fact.value, present=True)
+    context = world.document(random.Random(f"{seed}-filler-document-{i}"), facts, target_chars=420)
+    return context, fact, question
+
+
 def _plot(result: dict[str, Any], path: Path, train_tokens: int) -> None:
     import matplotlib
 
@@ -481,6 +566,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--axes", type=int, default=None, help="one-chunk questions per held-out axis (default 40; quick 8)"
+    )
+    parser.add_argument(
+        "--filler-probe",
+        type=int,
+        default=0,
+        help="one-chunk questions per filler variant: seen, held-out, shuffled, new words (default 0: off)",
     )
     parser.add_argument(
         "--criterion",
@@ -538,6 +629,9 @@ def main(argv: list[str] | None = None) -> int:
     log({"first_token": result["first_token"]})
     result["heldout_axes"] = heldout_axes(oprm, args.axes if args.axes is not None else (8 if args.quick else 40))
     log({"heldout_axes": result["heldout_axes"]})
+    if args.filler_probe > 0:
+        result["filler_probe"] = filler_probe(oprm, args.filler_probe)
+        log({"filler_probe": result["filler_probe"]})
     result.update(
         {
             "model": oprm.name,
