@@ -54,7 +54,6 @@ from typing import Any
 
 from overflow_core.config import CRITERIA
 from overflow_core.training.data import (
-    FIRST,
     HELD_OUT_AXES,
     HELDOUT_FILLERS,
     TRAIN_FILLERS,
@@ -78,7 +77,9 @@ __all__ = [
     "main",
     "make_haystack",
     "make_shared_haystack",
+    "shuffled",
     "value_kind",
+    "with_new_words",
 ]
 
 EVAL_SEED = 987_654_321  # never used by training (training draws from seed * 1_000_003 + step)
@@ -445,36 +446,48 @@ def heldout_axes(oprm: Any, n: int, seed: int = EVAL_SEED) -> dict[str, Any]:
     return out
 
 
-# Words of the held-out filler kinds (``data.HELDOUT_FILLERS``: recipes and manuals), which no training text uses.
-HELDOUT_FILLER_NOUNS = ("valve", "switch", "panel", "cable", "filter", "button")
-HELDOUT_FILLER_ADJECTIVES = ("clean", "secure", "dry")
-HELDOUT_FILLER_FOODS = ("flour", "rice", "sugar", "butter", "oats", "beans")
+# Words of the held-out filler kinds (``data.HELDOUT_FILLERS``: recipes and manuals) that no training text uses, as
+# ``tests/test_training.py`` checks on both stages' data ("minutes" is left out: it is a document title there).
+HELDOUT_FILLER_WORDS = (
+    "valve", "switch", "panel", "cable", "filter", "button", "clean", "secure", "dry",
+    "flour", "rice", "sugar", "butter", "oats", "beans", "cups", "stir", "press", "reset", "check",
+)  # fmt: skip
 
 
-def shuffled_filler(r: random.Random) -> str:
-    """A training filler sentence with its words in random order: words the model has seen, in sentences it has not
+def shuffled(filler: Any) -> Any:
+    """``filler`` with the words of each sentence in random order: the same words in sentences never seen
     ("Station the went Zane and lost an umbrella to.")."""
-    words = r.choice(TRAIN_FILLERS)(r).rstrip(".").split()
-    r.shuffle(words)
-    sentence = " ".join(words)
-    return sentence[0].upper() + sentence[1:] + "."
+
+    def draw(r: random.Random) -> str:
+        words = filler(r).rstrip(".").split()
+        r.shuffle(words)
+        sentence = " ".join(words)
+        return sentence[0].upper() + sentence[1:] + "."
+
+    return draw
 
 
-def new_word_filler(r: random.Random) -> str:
-    """Two training filler shapes (``_filler_grammar``, ``_filler_story``) filled with the words of the held-out filler:
-    sentences the model has seen the like of, in words it has not ("The dry valve blocked the cable.")."""
-    if r.random() < 0.5:
-        verb = r.choice(["passed", "faced", "blocked", "joined"])
-        noun, other = r.choice(HELDOUT_FILLER_NOUNS), r.choice(HELDOUT_FILLER_NOUNS)
-        return f"The {r.choice(HELDOUT_FILLER_ADJECTIVES)} {noun} {verb} the {other}."
-    return f"{r.choice(FIRST)} went to the {r.choice(HELDOUT_FILLER_NOUNS)} and bought the {r.choice(HELDOUT_FILLER_FOODS)}."
+def with_new_words(share: float) -> Any:
+    """Training filler with each word replaced, with probability ``share``, by a word of :data:`HELDOUT_FILLER_WORDS`:
+    the sentences' shapes stay, a growing share of their words was never seen ("The quiet valve passed the stir.")."""
+
+    def draw(r: random.Random) -> str:
+        words = r.choice(TRAIN_FILLERS)(r).rstrip(".").split()
+        words = [r.choice(HELDOUT_FILLER_WORDS) if r.random() < share else w for w in words]
+        sentence = " ".join(words)
+        return sentence[0].upper() + sentence[1:] + "."
+
+    return draw
 
 
 FILLER_VARIANTS: dict[str, tuple[Any, ...]] = {
     "seen": TRAIN_FILLERS,
     "held-out": HELDOUT_FILLERS,
-    "seen words, new sentences": (shuffled_filler,),
-    "new words, seen sentences": (new_word_filler,),
+    "seen, shuffled": tuple(shuffled(f) for f in TRAIN_FILLERS),
+    "held-out, shuffled": tuple(shuffled(f) for f in HELDOUT_FILLERS),
+    "seen, 25% new words": (with_new_words(0.25),),
+    "seen, 50% new words": (with_new_words(0.5),),
+    "seen, 75% new words": (with_new_words(0.75),),
 }
 
 
@@ -482,10 +495,11 @@ def filler_probe(oprm: Any, n: int, seed: int = EVAL_SEED) -> dict[str, Any]:
     """Exact match within one chunk as the filler changes and nothing else.
 
     The same ``n`` sets of three facts (seen formats; half the time about similar keys) and the same questions are asked
-    with each filler of :data:`FILLER_VARIANTS`: the training filler, the held-out filler, training filler with its words
-    shuffled, and training sentence shapes in the held-out filler's words. The facts and the question come from one
-    seeded draw per question, the document (filler and the facts' places) from another, so only the filler differs
-    between variants. Through ``oprm.answer``, like :func:`heldout_axes`."""
+    with each filler of :data:`FILLER_VARIANTS`: the training filler, the held-out filler, each with its words shuffled
+    (:func:`shuffled`: do new sentences break the model?), and training filler with a quarter, half or three quarters
+    of its words replaced by the held-out filler's (:func:`with_new_words`: do new words, and how many?). The facts and
+    the question come from one seeded draw per question, the document (filler and the facts' places) from another, so
+    only the filler differs between variants. Through ``oprm.answer``, like :func:`heldout_axes`."""
     out: dict[str, Any] = {}
     if n <= 0:
         return out
@@ -571,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         "--filler-probe",
         type=int,
         default=0,
-        help="one-chunk questions per filler variant: seen, held-out, shuffled, new words (default 0: off)",
+        help="one-chunk questions per filler variant (evaluate.FILLER_VARIANTS; default 0: off)",
     )
     parser.add_argument(
         "--criterion",
