@@ -642,7 +642,7 @@ def test_filler_probe_variants_change_the_words_or_the_order_of_the_filler_only(
     import re
 
     from overflow_core.training.data import TRAIN_FILLERS, Curriculum
-    from overflow_core.training.evaluate import HELDOUT_FILLER_WORDS, shuffled, with_new_words
+    from overflow_core.training.evaluate import HELDOUT_FILLER_WORDS, shuffled_words, with_new_words
 
     # the premise: no training text of either stage uses a word of HELDOUT_FILLER_WORDS
     seen: set[str] = set()
@@ -657,7 +657,7 @@ def test_filler_probe_variants_change_the_words_or_the_order_of_the_filler_only(
     reordered = 0
     for k in range(300):  # the words of the sentence the same draw gives, in another order
         filler = TRAIN_FILLERS[k % len(TRAIN_FILLERS)]
-        sentence, mixed = filler(random.Random(k)), shuffled(filler)(random.Random(k))
+        sentence, mixed = filler(random.Random(k)), shuffled_words(filler)(random.Random(k))
         assert sorted(mixed.lower().rstrip(".").split()) == sorted(sentence.lower().rstrip(".").split())
         assert not mixed[0].islower() and mixed.endswith(".")
         reordered += mixed.lower() != sentence.lower()

@@ -48,6 +48,7 @@ import random
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ __all__ = [
     "main",
     "make_haystack",
     "make_shared_haystack",
-    "shuffled",
+    "shuffled_words",
     "value_kind",
     "with_new_words",
 ]
@@ -446,6 +447,8 @@ def heldout_axes(oprm: Any, n: int, seed: int = EVAL_SEED) -> dict[str, Any]:
     return out
 
 
+Filler = Callable[[random.Random], str]  # draws one filler sentence
+
 # Words of the held-out filler kinds (``data.HELDOUT_FILLERS``: recipes and manuals) that no training text uses, as
 # ``tests/test_training.py`` checks on both stages' data ("minutes" is left out: it is a document title there).
 HELDOUT_FILLER_WORDS = (
@@ -454,7 +457,7 @@ HELDOUT_FILLER_WORDS = (
 )  # fmt: skip
 
 
-def shuffled(filler: Any) -> Any:
+def shuffled_words(filler: Filler) -> Filler:
     """``filler`` with the words of each sentence in random order: the same words in sentences never seen
     ("Station the went Zane and lost an umbrella to.")."""
 
@@ -467,7 +470,7 @@ def shuffled(filler: Any) -> Any:
     return draw
 
 
-def with_new_words(share: float) -> Any:
+def with_new_words(share: float) -> Filler:
     """Training filler with each word replaced, with probability ``share``, by a word of :data:`HELDOUT_FILLER_WORDS`:
     the sentences' shapes stay, a growing share of their words was never seen ("The quiet valve passed the stir.")."""
 
@@ -480,11 +483,11 @@ def with_new_words(share: float) -> Any:
     return draw
 
 
-FILLER_VARIANTS: dict[str, tuple[Any, ...]] = {
+FILLER_VARIANTS: dict[str, tuple[Filler, ...]] = {
     "seen": TRAIN_FILLERS,
     "held-out": HELDOUT_FILLERS,
-    "seen, shuffled": tuple(shuffled(f) for f in TRAIN_FILLERS),
-    "held-out, shuffled": tuple(shuffled(f) for f in HELDOUT_FILLERS),
+    "seen, shuffled": tuple(shuffled_words(f) for f in TRAIN_FILLERS),
+    "held-out, shuffled": tuple(shuffled_words(f) for f in HELDOUT_FILLERS),
     "seen, 25% new words": (with_new_words(0.25),),
     "seen, 50% new words": (with_new_words(0.5),),
     "seen, 75% new words": (with_new_words(0.75),),
@@ -496,7 +499,7 @@ def filler_probe(oprm: Any, n: int, seed: int = EVAL_SEED) -> dict[str, Any]:
 
     The same ``n`` sets of three facts (seen formats; half the time about similar keys) and the same questions are asked
     with each filler of :data:`FILLER_VARIANTS`: the training filler, the held-out filler, each with its words shuffled
-    (:func:`shuffled`: do new sentences break the model?), and training filler with a quarter, half or three quarters
+    (:func:`shuffled_words`: do new sentences break the model?), and training filler with a quarter, half or three quarters
     of its words replaced by the held-out filler's (:func:`with_new_words`: do new words, and how many?). The facts and
     the question come from one seeded draw per question, the document (filler and the facts' places) from another, so
     only the filler differs between variants. Through ``oprm.answer``, like :func:`heldout_axes`."""
@@ -515,7 +518,7 @@ def filler_probe(oprm: Any, n: int, seed: int = EVAL_SEED) -> dict[str, Any]:
 
 
 def filler_probe_question(
-    fillers: tuple[Any, ...], i: int, seed: int = EVAL_SEED, not_found: str = "not found"
+    fillers: tuple[Filler, ...], i: int, seed: int = EVAL_SEED, not_found: str = "not found"
 ) -> tuple[str, Fact, Question]:
     """Question ``i`` of :func:`filler_probe` with ``fillers``: its facts and question depend on ``seed`` and ``i``
     only, its document's filler and the facts' places on a second draw."""
