@@ -669,10 +669,10 @@ def test_filler_probe_variants_change_the_words_or_the_order_of_the_filler_only(
 
 
 def test_filler_probe_asks_the_same_facts_whatever_the_filler(engine: Any) -> None:
-    from overflow_core.training.evaluate import FILLER_VARIANTS, filler_probe, filler_probe_question
+    from overflow_core.training.evaluate import FILLER_VARIANTS, filler_probe, filler_probe_question, filler_world
 
     for i in range(20):
-        drawn = [filler_probe_question(fillers, i) for fillers in FILLER_VARIANTS.values()]
+        drawn = [filler_probe_question(filler_world(fillers), i) for fillers in FILLER_VARIANTS.values()]
         assert len({q.text for _, _, q in drawn}) == 1 and len({f.value for _, f, _ in drawn}) == 1
         assert all(f.sentence in context for context, f, _ in drawn)
         assert len({context for context, _, _ in drawn}) == len(FILLER_VARIANTS), "only the filler may differ"

@@ -73,6 +73,7 @@ __all__ = [
     "evaluate",
     "filler_probe",
     "filler_probe_question",
+    "filler_world",
     "first_token_probe",
     "heldout_axes",
     "main",
@@ -365,13 +366,19 @@ def evaluate(
     return {"rows": rows}
 
 
-def _one_chunk_question(world: FactWorld, rng: random.Random) -> tuple[str, Fact, Question]:
+def _one_chunk_question(
+    world: FactWorld, rng: random.Random, document_rng: random.Random | None = None
+) -> tuple[str, Fact, Question]:
     """A context of three facts (half the time with facts about similar keys) in about 420 characters, one of its facts,
-    and a question that asks for it."""
+    and a question that asks for it. With ``document_rng`` the document (filler and the facts' places) is drawn from it
+    after the question, so the facts and the question depend on ``rng`` alone."""
     facts = world.facts(rng, 3, distractor_rate=0.5 if rng.random() < 0.5 else 0.0)
-    context = world.document(rng, facts, target_chars=420)
+    context = world.document(rng, facts, target_chars=420) if document_rng is None else ""
     fact = rng.choice(facts)
-    return context, fact, world.question(rng, fact.key, fact.attr, fact.value, present=True)
+    question = world.question(rng, fact.key, fact.attr, fact.value, present=True)
+    if document_rng is not None:
+        context = world.document(document_rng, facts, target_chars=420)
+    return context, fact, question
 
 
 def first_token_probe(oprm: Any, world: FactWorld, rng: random.Random, n: int) -> dict[str, Any]:
@@ -507,9 +514,10 @@ def filler_probe(oprm: Any, n: int, seed: int = EVAL_SEED) -> dict[str, Any]:
     if n <= 0:
         return out
     for name, fillers in FILLER_VARIANTS.items():
+        world = filler_world(fillers, not_found=oprm.config.not_found)
         em = nf = 0
         for i in range(n):
-            context, fact, question = filler_probe_question(fillers, i, seed, not_found=oprm.config.not_found)
+            context, fact, question = filler_probe_question(world, i, seed)
             answer = oprm.answer(question.text, [context])
             em += _normalise(answer.text) == _normalise(fact.value)
             nf += answer.not_found
@@ -517,19 +525,19 @@ def filler_probe(oprm: Any, n: int, seed: int = EVAL_SEED) -> dict[str, Any]:
     return out
 
 
-def filler_probe_question(
-    fillers: tuple[Filler, ...], i: int, seed: int = EVAL_SEED, not_found: str = "not found"
-) -> tuple[str, Fact, Question]:
-    """Question ``i`` of :func:`filler_probe` with ``fillers``: its facts and question depend on ``seed`` and ``i``
-    only, its document's filler and the facts' places on a second draw."""
+def filler_world(fillers: tuple[Filler, ...], not_found: str = "not found") -> FactWorld:
+    """The training split's world, seen formats, with ``fillers`` as its filler."""
     world = FactWorld("train", not_found=not_found)
     world.fillers = fillers
-    rng = random.Random(f"{seed}-filler-{i}")
-    facts = world.facts(rng, 3, distractor_rate=0.5 if rng.random() < 0.5 else 0.0)
-    fact = rng.choice(facts)
-    question = world.question(rng, fact.key, fact.attr, fact.value, present=True)
-    context = world.document(random.Random(f"{seed}-filler-document-{i}"), facts, target_chars=420)
-    return context, fact, question
+    return world
+
+
+def filler_probe_question(world: FactWorld, i: int, seed: int = EVAL_SEED) -> tuple[str, Fact, Question]:
+    """Question ``i`` of :func:`filler_probe` in ``world`` (:func:`filler_world`): its facts and question depend on
+    ``seed`` and ``i`` only, its document's filler and the facts' places on a second draw."""
+    return _one_chunk_question(
+        world, random.Random(f"{seed}-filler-{i}"), document_rng=random.Random(f"{seed}-filler-document-{i}")
+    )
 
 
 def _plot(result: dict[str, Any], path: Path, train_tokens: int) -> None:

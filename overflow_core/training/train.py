@@ -48,6 +48,11 @@ logger = logging.getLogger("overflow_core.training")
 __all__ = ["TrainConfig", "answer_ids", "encode_sample", "export", "train"]
 
 
+# TrainConfig fields that shape the weights, by their name in a transformers Mamba2Config
+_HF_NAMES = {"hidden_size": "hidden_size", "layers": "num_hidden_layers", "state_size": "state_size", "head_dim": "head_dim"}
+ARCHITECTURE_FIELDS = tuple(_HF_NAMES)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 2000
@@ -132,13 +137,10 @@ def build_model(cfg: TrainConfig, tokenizer: Any) -> Any:
 
     config = Mamba2Config(
         vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        state_size=cfg.state_size,
+        **{name: getattr(cfg, field) for field, name in _HF_NAMES.items()},
         num_heads=2 * cfg.hidden_size // cfg.head_dim,
-        head_dim=cfg.head_dim,
         expand=2,
         n_groups=1,
-        num_hidden_layers=cfg.layers,
         chunk_size=64,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
@@ -305,11 +307,6 @@ def _load_checkpoint(run: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
             }
     state = json.loads((ckpt / "state.json").read_text())
     return int(state["step"]), float(state["elapsed_s"])
-
-
-# TrainConfig fields that shape the weights, by their name in a transformers Mamba2Config
-_HF_NAMES = {"hidden_size": "hidden_size", "layers": "num_hidden_layers", "state_size": "state_size", "head_dim": "head_dim"}
-ARCHITECTURE_FIELDS = tuple(_HF_NAMES)
 
 
 def init_architecture(folder: str | Path) -> dict[str, int]:
