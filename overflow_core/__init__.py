@@ -17,7 +17,8 @@ from overflow_core.errors import (
     IndexMismatchError,
     InputError,
     ModelLoadError,
-    OverflowError_,
+    OverflowCoreError,
+    StateIndexError,
     UnsupportedModelError,
 )
 from overflow_core.prompting import PromptTemplate
@@ -39,11 +40,19 @@ __all__ = [
     "InputError",
     "ModelLoadError",
     "OPRMConfig",
-    "OverflowError_",
+    "OverflowCoreError",
     "PromptTemplate",
     "Ranking",
+    "StateIndexError",
     "Timings",
     "UnsupportedModelError",
     "Usage",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Deprecated names (``OverflowError_``, ``IndexError_``), resolved with a DeprecationWarning by :mod:`.errors`."""
+    from overflow_core import errors
+
+    return getattr(errors, name)

@@ -4,7 +4,6 @@
     oprm ask -q QUESTION --index PATH
     oprm index FILE... --out PATH
     oprm demo
-    oprm eval ...      (the bundled model's evaluation, see overflow_core.training.evaluate)
     oprm bench ...     (the benchmark harness, see overflow_core.bench)
 
 User mistakes (a missing file, an empty question, an unsupported model...) print one line on stderr and exit with 2;
@@ -20,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from overflow_core.errors import OverflowError_
+from overflow_core.errors import OverflowCoreError
 from overflow_core.types import Answer, Document, Ranking
 
 __all__ = ["main", "read_documents"]
@@ -173,6 +172,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(model=args.model, out=sys.stdout)
 
 
+def _cmd_eval_moved(args: argparse.Namespace) -> int:
+    sys.stderr.write(
+        "oprm eval: error: the bundled model's evaluation moved with its training recipe; from a clone of the "
+        "repository run: python -m training.evaluate --help\n"
+    )
+    return 2
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="oprm", description="Overflow: model-native retrieval for recurrent LLMs (OPRM)."
@@ -206,26 +213,29 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default=None)
     demo.set_defaults(func=_cmd_demo)
 
-    for name, target in (("eval", "overflow_core.training.evaluate"), ("bench", "overflow_core.bench.cli")):
-        p = sub.add_parser(name, help=f"run {target} (see its --help)", add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=None, target=target)
+    bench = sub.add_parser("bench", help="run overflow_core.bench.cli (see its --help)", add_help=False)
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=None, target="overflow_core.bench.cli")
+
+    evaluate = sub.add_parser("eval", help="moved: the bundled model's evaluation is python -m training.evaluate")
+    evaluate.add_argument("rest", nargs=argparse.REMAINDER)
+    evaluate.set_defaults(func=_cmd_eval_moved)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["eval"], ["bench"]):  # their options (--quick...) are the module's: "--" stops oprm parsing them
+    if argv[:1] == ["bench"]:  # their options (--quick...) are the module's: "--" stops oprm parsing them
         argv = [argv[0], "--", *argv[1:]]
     args = _parser().parse_args(argv)
     try:
-        if args.func is None:  # eval / bench: hand the rest of the command line to the module
+        if args.func is None:  # bench: hand the rest of the command line to the module
             import importlib
 
             rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
             return int(importlib.import_module(args.target).main(rest) or 0)
         return int(args.func(args))
-    except OverflowError_ as exc:
+    except OverflowCoreError as exc:
         sys.stderr.write(f"oprm {args.command}: error: {exc}\n")
         return 2
     except KeyboardInterrupt:

@@ -2,55 +2,72 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 __all__ = [
     "ConfigError",
     "IndexBusyError",
     "IndexConflictError",
     "IndexCorruptError",
-    "IndexError_",
     "IndexMismatchError",
     "InputError",
     "ModelLoadError",
-    "OverflowError_",
+    "OverflowCoreError",
+    "StateIndexError",
     "UnsupportedModelError",
 ]
 
 
-class OverflowError_(Exception):  # noqa: N801 - the trailing underscore avoids shadowing the builtin OverflowError
-    """Base class of every error Overflow raises on purpose."""
+class OverflowCoreError(Exception):
+    """Base class of every error Overflow raises on purpose: ``except OverflowCoreError`` catches them all."""
 
 
-class ConfigError(OverflowError_, ValueError):
+class ConfigError(OverflowCoreError, ValueError):
     """A setting is out of range or inconsistent."""
 
 
-class InputError(OverflowError_, ValueError):
+class InputError(OverflowCoreError, ValueError):
     """A question, document or file the user gave cannot be used."""
 
 
-class ModelLoadError(OverflowError_, OSError):
+class ModelLoadError(OverflowCoreError, OSError):
     """A model folder is missing, incomplete or corrupt."""
 
 
-class UnsupportedModelError(OverflowError_, TypeError):
+class UnsupportedModelError(OverflowCoreError, TypeError):
     """The model has no recurrent state that a backend knows how to handle."""
 
 
-class IndexError_(OverflowError_):  # noqa: N801 - avoids shadowing the builtin IndexError
+class StateIndexError(OverflowCoreError):
     """Base class of state-index errors."""
 
 
-class IndexMismatchError(IndexError_, ValueError):
+class IndexMismatchError(StateIndexError, ValueError):
     """An index was built with another model, tokenizer or settings."""
 
 
-class IndexCorruptError(IndexError_, OSError):
+class IndexCorruptError(StateIndexError, OSError):
     """An index on disk is truncated or its checksums do not match."""
 
 
-class IndexBusyError(IndexError_, TimeoutError):
+class IndexBusyError(StateIndexError, TimeoutError):
     """Another writer held an index folder's lock for longer than the save was willing to wait."""
 
 
-class IndexConflictError(IndexError_, RuntimeError):
+class IndexConflictError(StateIndexError, RuntimeError):
     """An index folder was changed by another writer since this index was loaded or saved there."""
+
+
+_DEPRECATED = {"OverflowError_": "OverflowCoreError", "IndexError_": "StateIndexError"}  # old name -> new, until 0.3
+
+
+def __getattr__(name: str) -> Any:
+    """The old names of the base classes, kept for one release with a DeprecationWarning."""
+    if name in _DEPRECATED:
+        new = _DEPRECATED[name]
+        warnings.warn(
+            f"overflow_core.{name} is deprecated and will be removed in 0.3; use {new}", DeprecationWarning, stacklevel=2
+        )
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

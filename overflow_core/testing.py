@@ -101,7 +101,7 @@ def tiny_config(family: str, vocab_size: int, pad_id: int, eos_id: int) -> Any:
 
 def make_tokenizer_dir(folder: str | Path, *, vocab_size: int = 512, samples: int = 300, seed: int = 3) -> Path:
     """Train a small byte-level BPE tokenizer (with the bundled model's chat template) into ``folder``."""
-    from overflow_core.training.tokenizer import train_tokenizer
+    from overflow_core.synthetic.tokenizer import train_tokenizer
 
     return train_tokenizer(folder, vocab_size=vocab_size, samples=samples, seed=seed)
 
@@ -126,7 +126,7 @@ def sample_documents(n_docs: int = 3, seed: int = 0, n_facts: int = 3) -> list[t
     """A few documents in the bundled model's training style, each with a ``source``."""
     import random
 
-    from overflow_core.training.data import Curriculum, FactWorld
+    from overflow_core.synthetic.facts import Curriculum, FactWorld
 
     rng = random.Random(seed)
     world = FactWorld("train")

@@ -12,7 +12,7 @@ import pytest
 
 from overflow_core import OPRM
 from overflow_core.engine import DEFAULT_MODEL_DIR
-from overflow_core.training.data import HELDOUT_ATTRIBUTES
+from overflow_core.synthetic.facts import HELDOUT_ATTRIBUTES
 
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_MODEL_DIR / "model.safetensors").exists(), reason="the bundled model folder is not in this checkout"
@@ -52,7 +52,7 @@ def test_abstains_on_a_chunk_without_the_key(bundled: OPRM) -> None:
 
 
 def test_evaluation_command_runs_on_a_small_sample(tmp_path: Path, capsys: Any) -> None:
-    from overflow_core.training.evaluate import main
+    from training.evaluate import main
 
     args = ["--samples", "1", "--absent", "1", "--lengths", "256,1024", "--probe", "3", "--axes", "2"]
     args += ["--out", str(tmp_path)]
@@ -91,7 +91,7 @@ def test_evaluation_command_runs_on_a_small_sample(tmp_path: Path, capsys: Any) 
 def test_eval_chunk_tokens_changes_the_chunks_and_keeps_the_lengths(tmp_path: Path) -> None:
     """``--chunk-tokens 128`` cuts a 256-token haystack into about twice the chunks; the lengths stay the same.
     ``--criterion`` reaches the engine: its picks are the ones ``hit_by_criterion`` finds for that criterion."""
-    from overflow_core.training.evaluate import main
+    from training.evaluate import main
 
     args = ["--samples", "1", "--absent", "1", "--lengths", "256", "--probe", "0", "--axes", "0", "--out", str(tmp_path)]
     assert main([*args, "--chunk-tokens", "128", "--criterion", "not_found_prob"]) == 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from overflow_core.synthetic.facts import FactWorld
 from overflow_core.testing import assert_same_ranking
-from overflow_core.training.data import FactWorld
-from overflow_core.training.evaluate import _vanilla_reader, chunk_kind, make_shared_haystack, value_kind
+from training.evaluate import _vanilla_reader, chunk_kind, make_shared_haystack, value_kind
 
 TINY = {"hidden_size": 32, "layers": 1, "state_size": 8, "head_dim": 16, "batch_size": 2, "eval_every": 0}
 
@@ -19,7 +19,7 @@ def _tiny_export(folder: Any) -> Any:
     from transformers import AutoTokenizer
 
     from overflow_core.engine import DEFAULT_MODEL_DIR
-    from overflow_core.training.train import TrainConfig, build_model
+    from training.train import TrainConfig, build_model
 
     tok = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
     model = build_model(TrainConfig(**TINY), tok)  # type: ignore[arg-type]
@@ -71,8 +71,8 @@ def test_the_answer_is_tokenized_as_the_value_inside_the_context() -> None:
     from transformers import AutoTokenizer
 
     from overflow_core.engine import DEFAULT_MODEL_DIR
-    from overflow_core.training.data import Fact, Question, Sample
-    from overflow_core.training.train import encode_sample
+    from overflow_core.synthetic.facts import Fact, Question, Sample
+    from training.train import encode_sample
 
     tok = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
     for value in ("Paris", "4412", "AB-391", "Dr. Weber", "Brusikam", "12 May"):
@@ -112,7 +112,7 @@ def test_the_tokenizer_keeps_the_space_on_a_numbers_first_digit(tmp_path: Any) -
     from transformers import AutoTokenizer
 
     from overflow_core.engine import DEFAULT_MODEL_DIR
-    from overflow_core.training.tokenizer import train_tokenizer
+    from overflow_core.synthetic.tokenizer import train_tokenizer
 
     fresh = AutoTokenizer.from_pretrained(str(train_tokenizer(tmp_path / "tok", samples=300)))
     bundled = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
@@ -123,7 +123,7 @@ def test_the_tokenizer_keeps_the_space_on_a_numbers_first_digit(tmp_path: Any) -
 
 
 def test_training_attribute_names_share_no_word_with_the_held_out_ones() -> None:
-    from overflow_core.training.data import COMPOSED_ATTRIBUTES, HELDOUT_ATTRIBUTES, TRAIN_ATTRIBUTES
+    from overflow_core.synthetic.facts import COMPOSED_ATTRIBUTES, HELDOUT_ATTRIBUTES, TRAIN_ATTRIBUTES
 
     shared_on_purpose = {"code", "favorite"}  # as in "access code", "favorite color": the held-out combinations are new
     held_words = {w for name in HELDOUT_ATTRIBUTES for w in name.split()} - shared_on_purpose
@@ -134,7 +134,7 @@ def test_training_attribute_names_share_no_word_with_the_held_out_ones() -> None
 
 
 def test_training_facts_mix_named_and_composed_attributes_and_made_up_values() -> None:
-    from overflow_core.training.data import COMPOSED_ATTRIBUTES, TRAIN_ATTRIBUTES, Curriculum
+    from overflow_core.synthetic.facts import COMPOSED_ATTRIBUTES, TRAIN_ATTRIBUTES, Curriculum
 
     world, rng = FactWorld("train"), random.Random(5)
     facts = [f for _ in range(200) for f in world.sample(rng, Curriculum.at(0.9), n_facts=4).facts]
@@ -161,7 +161,7 @@ def test_hard_negatives_ask_for_what_is_not_there_in_three_ways() -> None:
 
 
 def test_first_token_probe_reports_every_context_by_kind(engine: Any) -> None:
-    from overflow_core.training.evaluate import first_token_probe
+    from training.evaluate import first_token_probe
 
     oprm = engine("mamba2")
     probe = first_token_probe(oprm, FactWorld("train"), random.Random(4), 12)
@@ -173,7 +173,7 @@ def test_first_token_probe_reports_every_context_by_kind(engine: Any) -> None:
 
 
 def test_one_held_out_axis_at_a_time() -> None:
-    from overflow_core.training.data import HELDOUT_FACT_CORES, HELDOUT_QUESTIONS, TRAIN_FACT_CORES, TRAIN_QUESTIONS
+    from overflow_core.synthetic.facts import HELDOUT_FACT_CORES, HELDOUT_QUESTIONS, TRAIN_FACT_CORES, TRAIN_QUESTIONS
 
     world = FactWorld("train", held_out=("questions",))
     assert world.questions == HELDOUT_QUESTIONS and world.cores == TRAIN_FACT_CORES
@@ -195,7 +195,7 @@ def test_stage_one_data_is_unchanged() -> None:
     generator that alters them (a new draw, a reordered list) fails here and needs a retraining."""
     import hashlib
 
-    from overflow_core.training.data import Curriculum
+    from overflow_core.synthetic.facts import Curriculum
 
     digest = hashlib.sha256()
     world = FactWorld("train")
@@ -208,7 +208,7 @@ STAGE_ONE_DIGEST = "647c6b53880dea7b"  # the draws of v4's stage 1 (checked agai
 
 
 def test_open_generators_add_no_held_out_word_or_construction() -> None:
-    from overflow_core.training.data import (
+    from overflow_core.synthetic.facts import (
         HELDOUT_ATTRIBUTE_WORDS,
         open_attribute,
         open_fact_sentence,
@@ -235,7 +235,7 @@ def test_open_generators_add_no_held_out_word_or_construction() -> None:
 
 
 def test_open_values_follow_the_attribute_head_and_stay_fixed_per_name() -> None:
-    from overflow_core.training.data import open_value
+    from overflow_core.synthetic.facts import open_value
 
     rng = random.Random(3)
     assert all(open_value("brusik number", rng).isdigit() for _ in range(20))
@@ -245,7 +245,7 @@ def test_open_values_follow_the_attribute_head_and_stay_fixed_per_name() -> None
 
 
 def test_open_share_mixes_open_data_into_the_training_split_only() -> None:
-    from overflow_core.training.data import COMPOSED_ATTRIBUTES, TRAIN_ATTRIBUTES, Curriculum
+    from overflow_core.synthetic.facts import COMPOSED_ATTRIBUTES, TRAIN_ATTRIBUTES, Curriculum
 
     rng = random.Random(8)
     world = FactWorld("train", open_share=0.3)
@@ -265,7 +265,7 @@ def test_open_share_mixes_open_data_into_the_training_split_only() -> None:
 def test_key_checking_curriculum_asks_about_stated_attributes_of_other_keys_and_near_attributes() -> None:
     """Stage 2's absent questions mostly name an attribute the context states, for a key it does not state it for, or an
     attribute one word away from a stated one; stage 1's never name a near attribute."""
-    from overflow_core.training.data import Curriculum
+    from overflow_core.synthetic.facts import Curriculum
 
     def kinds(cur: Curriculum) -> tuple[int, float, float]:
         rng, world = random.Random(4), FactWorld("train")
@@ -289,7 +289,7 @@ def test_key_checking_curriculum_asks_about_stated_attributes_of_other_keys_and_
 
 
 def test_near_attributes_differ_in_one_word() -> None:
-    from overflow_core.training.data import near_attribute
+    from overflow_core.synthetic.facts import near_attribute
 
     rng = random.Random(2)
     for attr in ("locker number", "PIN", "best friend", "night hangar code", "talemo"):
@@ -308,7 +308,7 @@ def test_stage_two_continues_an_export_and_resumes_to_the_same_weights(tmp_path:
     import torch
     from safetensors.torch import load_file
 
-    from overflow_core.training.train import TrainConfig, export, train
+    from training.train import TrainConfig, export, train
 
     sizes = TINY
     init = tmp_path / "stage1"
@@ -337,7 +337,7 @@ def test_fast_chunk_scan_equals_the_transformers_scan() -> None:
     import torch
     from transformers.models.mamba2 import modeling_mamba2
 
-    from overflow_core.training.ssd import chunk_scan
+    from training.ssd import chunk_scan
 
     torch.manual_seed(0)
     for b, length, h, p, g, n, q, init in [
@@ -373,7 +373,7 @@ def test_fast_chunk_scan_is_installed_only_inside_its_block_and_keeps_the_model_
     from transformers import Mamba2Config, Mamba2ForCausalLM
     from transformers.models.mamba2 import modeling_mamba2
 
-    from overflow_core.training.ssd import chunk_scan, fast_chunk_scan
+    from training.ssd import chunk_scan, fast_chunk_scan
 
     torch.manual_seed(0)
     config = Mamba2Config(
@@ -396,8 +396,8 @@ def test_stage_two_settings_override_the_key_checking_curriculum() -> None:
     they are refused with stage 1 and checked for range; a mix read back from config.json (a list) becomes a tuple."""
     import pytest
 
-    from overflow_core.training.data import Curriculum
-    from overflow_core.training.train import TrainConfig
+    from overflow_core.synthetic.facts import Curriculum
+    from training.train import TrainConfig
 
     base = TrainConfig(stage=2, init="x").curriculum(0.5)
     assert base == Curriculum.key_checking()
@@ -419,7 +419,7 @@ def test_noise_filler_draws_random_vocabulary_pieces_on_the_training_split_only(
     split; refused without pieces."""
     import pytest
 
-    from overflow_core.training.data import noise_sentence
+    from overflow_core.synthetic.facts import noise_sentence
 
     pieces = ("(", ")", "%", "q", "Ġfoo", "'")
     r = random.Random(0)
@@ -446,7 +446,7 @@ def test_free_values_take_any_kind_whatever_the_attribute_name() -> None:
     digits or a person; never on the held-out split."""
     import pytest
 
-    from overflow_core.training.data import free_value
+    from overflow_core.synthetic.facts import free_value
 
     rng = random.Random(4)
     values = [free_value(rng) for _ in range(2000)]
@@ -468,8 +468,8 @@ def test_symbol_attributes_are_random_pieces_without_held_out_words(tmp_path: An
     and in a question about it (``symbol_attribute``); refused without pieces."""
     import pytest
 
-    from overflow_core.training.data import HELDOUT_ATTRIBUTE_WORDS, symbol_attribute
-    from overflow_core.training.train import _pieces
+    from overflow_core.synthetic.facts import HELDOUT_ATTRIBUTE_WORDS, symbol_attribute
+    from training.train import _pieces
 
     pieces = (" zip", " mentor", "<|", "end", "|>", "\n", "qu", " fl", "ight", "(", " park", "ing", "ary")
     rng = random.Random(2)
@@ -514,7 +514,7 @@ def test_padding_batches_to_a_multiple_adds_only_weightless_pads() -> None:
     from transformers import AutoTokenizer
 
     from overflow_core.engine import DEFAULT_MODEL_DIR
-    from overflow_core.training.train import PAD_MULTIPLE, TrainConfig, _batch
+    from training.train import PAD_MULTIPLE, TrainConfig, _batch
 
     tok = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
     cfg, world = TrainConfig(batch_size=4), FactWorld("train")
@@ -535,7 +535,7 @@ def test_compiled_training_takes_the_steps_of_eager_training(tmp_path: Any) -> N
     import torch
     from safetensors.torch import load_file
 
-    from overflow_core.training.train import TrainConfig, train
+    from training.train import TrainConfig, train
 
     sizes = TINY
     init = tmp_path / "init"
@@ -563,8 +563,8 @@ def test_a_non_finite_step_is_skipped_and_never_checkpointed(tmp_path: Any, monk
     import torch
     from safetensors.torch import load_file
 
-    from overflow_core.training import train as train_module
-    from overflow_core.training.train import TrainConfig, _save_checkpoint, train
+    from training import train as train_module
+    from training.train import TrainConfig, _save_checkpoint, train
 
     sizes = TINY
     init = tmp_path / "init"
@@ -598,8 +598,8 @@ def test_model_sizes_come_from_the_cli_or_the_init_model_and_a_mismatch_is_refus
 
     import pytest
 
-    from overflow_core.training import train as train_module
-    from overflow_core.training.train import TrainConfig, init_architecture, main, train
+    from training import train as train_module
+    from training.train import TrainConfig, init_architecture, main, train
 
     init = tmp_path / "init"
     _tiny_export(init)
@@ -632,7 +632,7 @@ def test_model_sizes_come_from_the_cli_or_the_init_model_and_a_mismatch_is_refus
 
 def test_time_training_step_builds_the_asked_sizes() -> None:
     """``ssd.time_training_step`` times the width and depth it is given (a tiny one here), on every scan variant."""
-    from overflow_core.training.ssd import time_training_step
+    from training.ssd import time_training_step
 
     timings = time_training_step(steps=1, batch=1, length=64, hidden_size=32, layers=1)
     assert set(timings) == {"transformers", "chunk_scan", "chunk_scan+bf16"} and all(t > 0 for t in timings.values())
@@ -641,8 +641,8 @@ def test_time_training_step_builds_the_asked_sizes() -> None:
 def test_filler_probe_variants_change_the_words_or_the_order_of_the_filler_only() -> None:
     import re
 
-    from overflow_core.training.data import TRAIN_FILLERS, Curriculum
-    from overflow_core.training.evaluate import HELDOUT_FILLER_WORDS, shuffled_words, with_new_words
+    from overflow_core.synthetic.facts import TRAIN_FILLERS, Curriculum
+    from training.evaluate import HELDOUT_FILLER_WORDS, shuffled_words, with_new_words
 
     # the premise: no training text of either stage uses a word of HELDOUT_FILLER_WORDS
     seen: set[str] = set()
@@ -669,7 +669,7 @@ def test_filler_probe_variants_change_the_words_or_the_order_of_the_filler_only(
 
 
 def test_filler_probe_asks_the_same_facts_whatever_the_filler(engine: Any) -> None:
-    from overflow_core.training.evaluate import FILLER_VARIANTS, filler_probe, filler_probe_question, filler_world
+    from training.evaluate import FILLER_VARIANTS, filler_probe, filler_probe_question, filler_world
 
     for i in range(20):
         drawn = [filler_probe_question(filler_world(fillers), i) for fillers in FILLER_VARIANTS.values()]

@@ -2,7 +2,7 @@
 
     python -m overflow_core.bench.index_latency [--model PATH] [--tokens 100000] [--questions 5] [--threads 1]
 
-Steps: generate documents in the bundled model's training style (:class:`overflow_core.training.data.FactWorld`) until
+Steps: generate documents in the bundled model's training style (:class:`overflow_core.synthetic.facts.FactWorld`) until
 the corpus holds ``--tokens`` tokens; build the index, save it, load it back (states then stream from disk, as in real
 use); then ask ``--questions`` questions whose answer is stated exactly once in the corpus, both through the loaded
 index and through :meth:`OPRM.answer` on the same documents (every chunk prefilled again), and compare.
@@ -24,7 +24,7 @@ import torch
 
 from overflow_core import OPRM
 from overflow_core.index import StateIndex
-from overflow_core.training.data import Curriculum, FactWorld, Question
+from overflow_core.synthetic.facts import Curriculum, FactWorld, Question
 
 
 def make_corpus(

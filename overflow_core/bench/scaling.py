@@ -31,8 +31,8 @@ WARM_QUESTION = "What is the locker number of Alice Baker?"
 
 def _haystack(oprm: Any, tokens: int, seed: int) -> tuple[list[tuple[str, dict[str, str]]], str, int]:
     """A single-needle haystack of about ``tokens`` tokens: (documents, question, measured tokens)."""
-    from overflow_core.training.data import FactWorld
-    from overflow_core.training.evaluate import make_haystack
+    from overflow_core.synthetic.facts import FactWorld
+    from overflow_core.synthetic.haystack import make_haystack
 
     world = FactWorld("train", not_found=oprm.config.not_found)
     hay = make_haystack(world, random.Random(f"{seed}-scaling-{tokens}"), oprm.tokenizer, tokens, present=True)

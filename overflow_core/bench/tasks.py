@@ -5,9 +5,9 @@ answer is absent and the right reply is the not-found phrase. Generated items al
 document index and character span of the value), so a retrieval hit is decided by position, not by a string that may occur
 by chance elsewhere (a lucky number ``42`` inside a ``[12:42]`` log line).
 
-Tasks (all built from :class:`overflow_core.training.data.FactWorld`, the bundled model's data, with fresh seeds):
+Tasks (all built from :class:`overflow_core.synthetic.facts.FactWorld`, the bundled model's data, with fresh seeds):
 
-- ``single``: one needle fact hidden in filler documents (:func:`overflow_core.training.evaluate.make_haystack`).
+- ``single``: one needle fact hidden in filler documents (:func:`training.evaluate.make_haystack`).
 - ``multi``: the same, plus several facts about *similar* keys with the *same* attribute (``Alice Novak``'s locker number
   next to ``Alice Baker``'s), some in the needle's own document.
 - ``multidoc``: the asked key appears in several separate documents, each giving a different attribute of it; exactly one
@@ -101,7 +101,7 @@ def _needle_doc(documents: Sequence[tuple[str, dict[str, str]]], sentence: str) 
 
 def _one(task: str, world: Any, rng: random.Random, tokenizer: Any, length: int) -> tuple[list[Any], Any, Any]:
     """(documents, question, needle fact or None) for one item of ``task``."""
-    from overflow_core.training.evaluate import make_haystack
+    from overflow_core.synthetic.haystack import make_haystack
 
     hay = make_haystack(world, rng, tokenizer, length, present=task != "absent")
     docs = list(hay.documents)
@@ -160,7 +160,7 @@ def generate(
     Example:
         >>> items = generate("single", 2048, 4, oprm.tokenizer)  # doctest: +SKIP
     """
-    from overflow_core.training.data import FactWorld
+    from overflow_core.synthetic.facts import FactWorld
 
     if task not in TASKS:
         raise InputError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")

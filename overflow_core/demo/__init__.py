@@ -26,7 +26,7 @@ def build_corpus(out: Path = CORPUS_DIR, *, seed: int = SEED, files: int = 4, do
     from transformers import AutoTokenizer
 
     from overflow_core.engine import DEFAULT_MODEL_DIR
-    from overflow_core.training.data import Curriculum, FactWorld
+    from overflow_core.synthetic.facts import Curriculum, FactWorld
 
     tokenizer = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
     rng = random.Random(seed)

@@ -42,7 +42,7 @@ def tiny_corpus() -> list[tuple[str, dict[str, str]]]:
 def needle_corpus(n_docs: int = 4, seed: int = 7) -> list[tuple[str, dict[str, str]]]:
     """``n_docs`` documents of filler prose (about 700 characters, under one 256-token chunk each); only
     ``needle.txt`` states :data:`NEEDLE`, and one other document holds a near miss about Alice Barker."""
-    from overflow_core.training.data import FactWorld
+    from overflow_core.synthetic.facts import FactWorld
 
     rng = random.Random(seed)
     world = FactWorld("train")

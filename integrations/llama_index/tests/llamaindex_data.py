@@ -13,8 +13,8 @@ from llama_index.core.bridge.pydantic import Field
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.tools import AsyncBaseTool
 
+from overflow_core.synthetic.facts import Fact, FactWorld
 from overflow_core.testing import sample_documents
-from overflow_core.training.data import Fact, FactWorld
 
 QUESTION = "What is the locker number of Alice Baker?"
 ANSWER = "4412"

@@ -2,13 +2,13 @@
 
 Usage (the shipped weights, run v10; docs/model.md, "Reproduce")::
 
-    python -m overflow_core.training.train --run runs/v10s1 --steps 3200 --seed 0 --compile   # stage 1, from scratch
-    python -m overflow_core.training.train --run runs/v10s1 --export runs/v10s1/model
-    python -m overflow_core.training.train --run runs/v10 --steps 1000 --seed 1 --stage 2 --init runs/v10s1/model \
+    python -m training.train --run runs/v10s1 --steps 3200 --seed 0 --compile   # stage 1, from scratch
+    python -m training.train --run runs/v10s1 --export runs/v10s1/model
+    python -m training.train --run runs/v10 --steps 1000 --seed 1 --stage 2 --init runs/v10s1/model \
         --open-share 0.3 --lr 1e-3 --warmup 50 --compile                                     # stage 2, continued
-    python -m overflow_core.training.train --run runs/v10 --export overflow_core/models/default
+    python -m training.train --run runs/v10 --export overflow_core/models/default
 
-Training runs the Mamba-2 scan through :mod:`overflow_core.training.ssd` (the same maths as transformers' with fewer
+Training runs the Mamba-2 scan through :mod:`training.ssd` (the same maths as transformers' with fewer
 copies; ``--no-fast-scan`` selects transformers' own, which trained v4 and v5). ``--compile`` (torch.compile with static,
 padded shapes) takes 28-34% less time per step than eager float32, and 34-50% less with ``--bf16`` (docs/model.md,
 "Training speed").
@@ -39,9 +39,9 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from overflow_core.prompting import DEFAULT_NOT_FOUND, build_template, encode_template
-from overflow_core.training.data import Curriculum, FactWorld, Sample
-from overflow_core.training.ssd import fast_chunk_scan
-from overflow_core.training.tokenizer import train_tokenizer
+from overflow_core.synthetic.facts import Curriculum, FactWorld, Sample
+from overflow_core.synthetic.tokenizer import train_tokenizer
+from training.ssd import fast_chunk_scan
 
 logger = logging.getLogger("overflow_core.training")
 

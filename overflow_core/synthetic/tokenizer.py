@@ -12,7 +12,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-from overflow_core.training.data import Curriculum, FactWorld
+from overflow_core.synthetic.facts import Curriculum, FactWorld
 
 __all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "train_tokenizer"]
 

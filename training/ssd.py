@@ -11,7 +11,7 @@ states and gradients, with and without an initial state, with several groups and
 
 :func:`fast_chunk_scan` installs it in transformers for the duration of a ``with`` block (training only; the engine and
 the evaluation run transformers' own path). It is process-wide while it lasts, so it is not for concurrent inference.
-``python -m overflow_core.training.ssd`` prints seconds per training step with each scan (:func:`time_training_step`).
+``python -m training.ssd`` prints seconds per training step with each scan (:func:`time_training_step`).
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def time_training_step(
     from transformers import AutoTokenizer
 
     from overflow_core.engine import DEFAULT_MODEL_DIR
-    from overflow_core.training.train import TrainConfig, _compiled, build_model
+    from training.train import TrainConfig, _compiled, build_model
 
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
