@@ -21,6 +21,7 @@ from overflow_core.errors import (
     StateIndexError,
     UnsupportedModelError,
 )
+from overflow_core.index import StateIndex
 from overflow_core.prompting import PromptTemplate
 from overflow_core.types import Answer, Chunk, ChunkScore, Document, Ranking, Timings, Usage
 
@@ -43,6 +44,7 @@ __all__ = [
     "OverflowCoreError",
     "PromptTemplate",
     "Ranking",
+    "StateIndex",
     "StateIndexError",
     "Timings",
     "UnsupportedModelError",

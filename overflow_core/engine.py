@@ -9,23 +9,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from overflow_core import scoring
+from overflow_core.answering import AnswerStream
 from overflow_core.backends import resolve_backend
-from overflow_core.backends.base import Backend, State
+from overflow_core.backends.base import Backend, Session, State
 from overflow_core.chunking import chunk_documents, encode_text
 from overflow_core.config import OPRMConfig, load_settings
 from overflow_core.decode import Generation, stop_token_ids
 from overflow_core.errors import ConfigError, InputError, ModelLoadError, UnsupportedModelError
+from overflow_core.index import StateIndex
 from overflow_core.prefill import PrefillBatch, prefill
 from overflow_core.prompting import PromptTemplate, build_template, encode_template, not_found_token_ids
+from overflow_core.selection import Kept, Scored, batch_signals, keep_best
 from overflow_core.state_cache import StateCache
-from overflow_core.types import Answer, Chunk, Document, Ranking, Timings, Usage, as_documents
+from overflow_core.types import Answer, Chunk, Ranking, Timings, Usage, as_documents
 
 __all__ = ["DEFAULT_MODEL_DIR", "OPRM", "Mode"]
 
@@ -34,15 +36,6 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
 Mode = Literal["oprm", "vanilla", "summarize"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Progress = Callable[[int, int], None]  # (tokens done, tokens total)
-
-
-@dataclass
-class _Scored:
-    """What scoring a question over chunks produced: the ranking and the kept states (chunk index -> state, logits)."""
-
-    ranking: Ranking
-    kept: dict[int, tuple[State, torch.Tensor]] = field(default_factory=dict)
-    prompts: dict[int, list[int]] = field(default_factory=dict)
 
 
 class OPRM:
@@ -200,7 +193,7 @@ class OPRM:
         keep: int,
         progress: Progress | None = None,
         on_batch: Callable[[list[int], torch.Tensor, State], None] | None = None,
-    ) -> _Scored:
+    ) -> Scored:
         """Prefill every chunk's prompt, score it, and keep the states of the ``keep`` best rows."""
         if not chunks:
             raise InputError("documents: expected at least one non-empty chunk, got none")
@@ -208,19 +201,22 @@ class OPRM:
         prompts = [self.prompt(c.ids, q_ids) for c in chunks]
         total = sum(len(p) for p in prompts)
         sig = scoring.Signals.zeros(len(chunks))
-        kept: dict[int, tuple[State, torch.Tensor]] = {}
+        kept: Kept = {}
         t_prefill = t_select = 0.0
         padded = done = 0
         t0 = time.perf_counter()
-        for batch in self._prefill(prompts):
+        for batch in self.prefill_batches(prompts):
             t1 = time.perf_counter()
             t_prefill += t1 - t0
-            sig.put(batch.rows, scoring.signals(batch.logits, self.idk_ids))
+            sig.put(batch.rows, batch_signals(self.backend, batch.logits, batch.state_now, self.idk_ids))
             padded += batch.padded_tokens
             if on_batch is not None:
                 on_batch(batch.rows, batch.logits, batch.state)
             if keep > 0:
-                kept = self._keep_best(kept, batch.rows, batch.logits, batch.state, sig, keep)
+                kept = keep_best(
+                    self.backend, kept, batch.rows, batch.logits, batch.state, sig, keep,
+                    criterion=self.config.criterion, idk_filter=self.config.idk_filter,
+                )  # fmt: skip
             done += sum(len(prompts[i]) for i in batch.rows)
             if progress is not None:
                 progress(done, total)
@@ -237,10 +233,11 @@ class OPRM:
             timings=Timings(prefill_s=t_prefill, select_s=t_select),
             usage=Usage(prompt_tokens=total, padded_tokens=padded),
         )
-        return _Scored(ranking=ranking, kept=kept, prompts={i: prompts[i] for i in kept})
+        return Scored(ranking=ranking, kept=kept, prompts={i: prompts[i] for i in kept})
 
-    def _prefill(self, prompts: Sequence[Sequence[int]]) -> Iterator[PrefillBatch]:
-        """:func:`~overflow_core.prefill.prefill` with this engine's model, budget, padding, device and memory settings."""
+    def prefill_batches(self, prompts: Sequence[Sequence[int]]) -> Iterator[PrefillBatch]:
+        """Prefill ``prompts`` (token ids) in micro-batches: :func:`~overflow_core.prefill.prefill` with this engine's
+        model, token budget, padding, device and memory settings. Yields each batch's rows, last logits and state."""
         return prefill(
             self.backend,
             prompts,
@@ -249,30 +246,6 @@ class OPRM:
             device=self.device,
             release_memory=self.config.release_memory,
         )
-
-    def _keep_best(
-        self,
-        kept: dict[int, tuple[State, torch.Tensor]],
-        rows: list[int],
-        logits: torch.Tensor,
-        state: State,
-        sig: scoring.Signals,
-        keep: int,
-    ) -> dict[int, tuple[State, torch.Tensor]]:
-        """Running top-``keep`` over the rows seen so far: select the batch rows that enter it, drop those pushed out."""
-        candidates = sorted({*kept, *rows})  # index order, so ties break exactly as in the final ranking
-        order = scoring.rank_order(
-            sig.take(candidates), criterion=self.config.criterion, idk_filter=self.config.idk_filter
-        )
-        best = [candidates[j] for j in order[:keep]]
-        new_rows = [i for i in best if i not in kept]
-        out = {i: kept[i] for i in best if i in kept}
-        if new_rows:
-            positions = [rows.index(i) for i in new_rows]
-            selected = self.backend.select(state, positions)
-            for j, i in enumerate(new_rows):
-                out[i] = (self.backend.select(selected, [j]), logits[positions[j] : positions[j] + 1].clone())
-        return out
 
     # -- public API -----------------------------------------------------------------------------------------------------
     def rank(self, question: str, documents: Any, k: int | None = None, *, progress: Progress | None = None) -> Ranking:
@@ -336,20 +309,24 @@ class OPRM:
         k: int | None = None,
         seed: int | None = None,
         **decoding: Any,
-    ) -> _AnswerStream:
+    ) -> AnswerStream:
         """An iterator of text pieces whose ``result`` is the full :class:`Answer` once it is exhausted."""
         return self._run(question, documents, mode=mode, k=k, progress=None, seed=seed, decoding=decoding)
 
-    def _decoding(self, overrides: Mapping[str, Any]) -> OPRMConfig:
+    def decoding_config(self, overrides: Mapping[str, Any]) -> OPRMConfig:
+        """This engine's config with per-call decoding ``overrides`` (``max_new_tokens``, ``temperature``, ``top_k``,
+        ``top_p``, ``stop``) applied; anything else is refused."""
         allowed = {"max_new_tokens", "temperature", "top_k", "top_p", "stop"}
         unknown = set(overrides) - allowed
         if unknown:
             raise ConfigError(f"unknown decoding options {sorted(unknown)}; expected some of {sorted(allowed)}")
         return self.config.with_overrides(**overrides)
 
-    def _generation(
-        self, session: Any, logits: torch.Tensor, cfg: OPRMConfig, seed: int | None, *, lstrip: bool = False
+    def generation(
+        self, session: Session, logits: torch.Tensor, cfg: OPRMConfig, seed: int | None, *, lstrip: bool = False
     ) -> Generation:
+        """A :class:`~overflow_core.decode.Generation` from ``session`` (``logits`` ``[1, V]`` at its end) with the
+        decoding settings of ``cfg``; ``seed`` seeds sampling when ``cfg.temperature > 0``."""
         generator = None
         if cfg.temperature > 0:
             generator = torch.Generator()
@@ -378,16 +355,33 @@ class OPRM:
         progress: Progress | None,
         seed: int | None,
         decoding: Mapping[str, Any],
-    ) -> _AnswerStream:
+    ) -> AnswerStream:
         if mode not in ("oprm", "vanilla", "summarize"):
             raise ConfigError(f"mode: expected 'oprm', 'summarize' or 'vanilla', got {mode!r}")
         if k is not None and k < 1:
             raise ConfigError(f"k: expected a positive number of chunks, got {k}")
-        cfg = self._decoding(decoding)
+        cfg = self.decoding_config(decoding)
         docs = as_documents(documents)
         chunks = self.chunk(docs)
         q_ids = self.encode_question(question)
-        return _AnswerStream(self, question, docs, chunks, q_ids, mode, k, progress, seed, cfg)
+
+        def vanilla() -> tuple[Session, torch.Tensor, int]:
+            context = "\n\n".join(doc.text.strip() for doc in docs)
+            prompt = self.prompt(encode_text(self.tokenizer, context), q_ids)
+            session, logits = self.vanilla_state(prompt)
+            return session, logits, len(prompt)
+
+        return AnswerStream(
+            mode=mode,
+            k=k,
+            n_chunks=len(chunks),
+            score=lambda keep: self._score(question, chunks, keep=keep, progress=progress),
+            open_state=self.backend.open,
+            decode=lambda session, logits: self.generation(session, logits, cfg, seed, lstrip=True),
+            not_found=self.config.not_found,
+            idk_filter=self.config.idk_filter,
+            vanilla=vanilla,
+        )
 
     def complete(
         self, prompt_ids: Sequence[int], *, seed: int | None = None, lstrip: bool | None = None, **decoding: Any
@@ -405,7 +399,7 @@ class OPRM:
         if lstrip is None:
             suffix = self.prompt_ids.suffix
             lstrip = bool(suffix) and tuple(prompt_ids[-len(suffix) :]) == tuple(suffix)
-        cfg = self._decoding(decoding)
+        cfg = self.decoding_config(decoding)
         cached = self.state_cache.longest_prefix(prompt_ids)
         with torch.inference_mode():
             if cached is None:
@@ -420,7 +414,7 @@ class OPRM:
                 if rest:
                     logits = session.feed(torch.tensor([rest], device=self.device))
                 fed, reused = len(rest), len(cached.ids)
-        generation = self._generation(session, logits, cfg, seed, lstrip=lstrip)
+        generation = self.generation(session, logits, cfg, seed, lstrip=lstrip)
         generation.prompt_forward_tokens = fed  # type: ignore[attr-defined]
         generation.reused_tokens = reused  # type: ignore[attr-defined]
         return generation
@@ -436,147 +430,9 @@ class OPRM:
                 logits = session.feed(torch.tensor([list(prompt[start : start + budget])], device=self.device))
         return session, logits
 
-    def index(self, documents: Any, *, progress: bool = False) -> Any:
+    def index(self, documents: Any, *, progress: bool = False) -> StateIndex:
         """Build a :class:`~overflow_core.index.StateIndex` over ``documents``: each chunk's state computed once."""
-        from overflow_core.index import StateIndex
-
         return StateIndex.build(self, documents, progress=progress)
 
     def __repr__(self) -> str:
         return f"OPRM(model={self.name!r}, backend={self.backend.name!r}, chunk_tokens={self.config.chunk_tokens})"
-
-
-class _AnswerStream:
-    """Iterates the answer's text pieces; ``result`` holds the :class:`Answer` once iteration is complete."""
-
-    def __init__(
-        self,
-        engine: OPRM,
-        question: str,
-        documents: list[Document],
-        chunks: list[Chunk],
-        q_ids: tuple[int, ...],
-        mode: str,
-        k: int | None,
-        progress: Progress | None,
-        seed: int | None,
-        cfg: OPRMConfig,
-    ) -> None:
-        self.engine, self.question, self.documents, self.chunks, self.q_ids = engine, question, documents, chunks, q_ids
-        self.mode, self.k, self.progress, self.seed, self.cfg = mode, k, progress, seed, cfg
-        self._result: Answer | None = None
-
-    @property
-    def result(self) -> Answer:
-        if self._result is None:
-            raise RuntimeError("the answer is complete only after the stream has been iterated to its end")
-        return self._result
-
-    def __iter__(self) -> Iterator[str]:
-        if self.mode == "vanilla":
-            yield from self._vanilla()
-        elif self.mode == "summarize":
-            yield from self._summarize()
-        else:
-            yield from self._oprm()
-
-    def _scored(self, keep: int) -> _Scored:
-        """Score the chunks for the question, keeping the ``keep`` best states (the state index overrides this)."""
-        return self.engine._score(self.question, self.chunks, keep=keep, progress=self.progress)
-
-    def _is_not_found(self, text: str) -> bool:
-        return text.strip().lower().startswith(self.engine.config.not_found.strip().lower())
-
-    def _not_found(self, ranking: Ranking | None, timings: Timings, usage: Usage) -> Answer:
-        return Answer(
-            text=self.engine.config.not_found,
-            not_found=True,
-            mode=self.mode,
-            chunk=None,
-            ranking=ranking,
-            timings=timings,
-            usage=usage,
-        )
-
-    def _oprm(self) -> Iterator[str]:
-        e = self.engine
-        scored = self._scored(keep=1)
-        ranking = scored.ranking
-        best = ranking.best
-        if best is None:  # every chunk abstained: say so, do not guess
-            self._result = self._not_found(ranking, ranking.timings, ranking.usage)
-            yield self._result.text
-            return
-        state, logits = scored.kept[best.chunk.index]
-        t0 = time.perf_counter()
-        generation = e._generation(e.backend.open(state), logits, self.cfg, self.seed, lstrip=True)
-        yield from generation
-        t_decode = time.perf_counter() - t0
-        timings = Timings(ranking.timings.prefill_s, ranking.timings.select_s, t_decode)
-        usage = replace(ranking.usage, generated_tokens=len(generation.token_ids))
-        not_found = self._is_not_found(generation.text)
-        self._result = Answer(
-            text=generation.text.strip(),
-            not_found=not_found,
-            mode="oprm",
-            chunk=None if not_found else best,
-            ranking=ranking,
-            timings=timings,
-            usage=usage,
-        )
-
-    def _summarize(self) -> Iterator[str]:
-        e = self.engine
-        scored = self._scored(keep=self.k or len(self.chunks))
-        ranking = scored.ranking
-        answering = [s for s in ranking.scores if not (s.idk and e.config.idk_filter)]
-        if self.k is not None:
-            answering = answering[: self.k]
-        parts: list[str] = []
-        generated = 0
-        t0 = time.perf_counter()
-        for score in sorted(answering, key=lambda s: s.chunk.index):
-            state, logits = scored.kept[score.chunk.index]
-            generation = e._generation(e.backend.open(state), logits, self.cfg, self.seed, lstrip=True)
-            if parts:
-                yield "\n"
-            yield from generation
-            generated += len(generation.token_ids)
-            parts.append(generation.text.strip())
-        timings = Timings(ranking.timings.prefill_s, ranking.timings.select_s, time.perf_counter() - t0)
-        usage = replace(ranking.usage, generated_tokens=generated)
-        if not parts:
-            self._result = self._not_found(ranking, timings, usage)
-            yield self._result.text
-            return
-        self._result = Answer(
-            text="\n".join(parts),
-            not_found=False,
-            mode="summarize",
-            chunk=answering[0] if answering else None,
-            ranking=ranking,
-            timings=timings,
-            usage=usage,
-            parts=tuple(parts),
-        )
-
-    def _vanilla(self) -> Iterator[str]:
-        e = self.engine
-        context = "\n\n".join(doc.text.strip() for doc in self.documents)
-        prompt = e.prompt(encode_text(e.tokenizer, context), self.q_ids)
-        t0 = time.perf_counter()
-        session, logits = e.vanilla_state(prompt)
-        t1 = time.perf_counter()
-        generation = e._generation(session, logits, self.cfg, self.seed, lstrip=True)
-        yield from generation
-        timings = Timings(prefill_s=t1 - t0, decode_s=time.perf_counter() - t1)
-        usage = Usage(prompt_tokens=len(prompt), padded_tokens=len(prompt), generated_tokens=len(generation.token_ids))
-        self._result = Answer(
-            text=generation.text.strip(),
-            not_found=self._is_not_found(generation.text),
-            mode="vanilla",
-            chunk=None,
-            ranking=None,
-            timings=timings,
-            usage=usage,
-        )

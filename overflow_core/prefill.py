@@ -60,6 +60,10 @@ class PrefillBatch:
     state: State  # b rows, in the order of ``rows``
     padded_tokens: int
 
+    def state_now(self) -> State:
+        """The batch's state (a callable form of :attr:`state`, for functions that ask for state lazily)."""
+        return self.state
+
 
 def prefill(
     backend: Backend,

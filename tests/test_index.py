@@ -243,7 +243,7 @@ def test_other_model_tokenizer_or_settings_rejected(tuned: Any, model_dir: Any, 
 
 
 def test_other_format_version_rejected(tuned: Any, tmp_path: Path) -> None:
-    from overflow_core.index import _write_manifest
+    from overflow_core.index.storage import write_manifest as _write_manifest
 
     e = tuned("mamba2")
     StateIndex.build(e, DOCS[:1]).save(tmp_path / "idx")
@@ -305,7 +305,7 @@ def test_shard_damaged_after_loading_is_caught_at_query_time(tuned: Any, tmp_pat
 def test_interrupted_save_leaves_the_previous_index(
     tuned: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    import overflow_core.index as index_module
+    import overflow_core.index.storage as index_module
 
     e = tuned("mamba2")
     folder = tmp_path / "idx"
@@ -313,7 +313,7 @@ def test_interrupted_save_leaves_the_previous_index(
     old.save(folder)
     new = StateIndex.build(e, DOCS)
     calls = 0
-    real_shard, real_manifest = index_module._write_shard, index_module._write_manifest
+    real_shard, real_manifest = index_module.write_shard, index_module.write_manifest
 
     def crash_mid_shard(path: Path, data: bytes) -> None:
         nonlocal calls
@@ -328,16 +328,16 @@ def test_interrupted_save_leaves_the_previous_index(
         raise OSError("simulated crash while writing the manifest")
 
     if where == "shard":
-        monkeypatch.setattr(index_module, "_write_shard", crash_mid_shard)
+        monkeypatch.setattr(index_module, "write_shard", crash_mid_shard)
     else:
-        monkeypatch.setattr(index_module, "_write_manifest", crash_in_manifest)
+        monkeypatch.setattr(index_module, "write_manifest", crash_in_manifest)
     with pytest.raises(OSError, match="simulated crash"):
         new.save(folder, shard_bytes=1)
     survivor = StateIndex.load(folder, e)
     assert survivor.chunks == old.chunks
     assert_same_ranking(e.rank(QUESTION, DOCS[:1]), survivor.rank(QUESTION))
-    monkeypatch.setattr(index_module, "_write_shard", real_shard)
-    monkeypatch.setattr(index_module, "_write_manifest", real_manifest)
+    monkeypatch.setattr(index_module, "write_shard", real_shard)
+    monkeypatch.setattr(index_module, "write_manifest", real_manifest)
     new.save(folder, shard_bytes=1)
     assert StateIndex.load(folder, e).chunks == new.chunks
     leftovers = [p for p in folder.iterdir() if p.name != LOCK]

@@ -1,0 +1,150 @@
+"""Fingerprints: what identifies the model, tokenizer and settings an index was built with, and how two differ.
+
+An index's states are valid only for the exact model weights, tokenizer and prompt settings that made them; the manifest
+stores these fingerprints and loading compares them with the engine's (:func:`differences` names every mismatch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from overflow_core.engine import OPRM
+
+__all__ = ["canonical", "differences", "model_info", "settings_info", "sha256", "tokenizer_info"]
+
+_WEIGHT_SAMPLES = 65536  # values hashed per weight tensor (all of them in tensors up to this size)
+
+
+_RUNTIME_CONFIG_KEYS = frozenset(
+    {"transformers_version", "torch_dtype", "dtype", "use_cache", "output_attentions", "output_hidden_states",
+     "return_dict", "name_or_path"}
+)  # fmt: skip
+
+
+def sha256(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON: tuples as lists, non-finite floats and unknown objects as strings (configs hold ``inf``)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def model_info(engine: OPRM) -> dict[str, Any]:
+    """What identifies the model: its architecture config, its weights' dtype and a hash of its weights.
+
+    The hash covers every tensor's name, dtype and shape and, per tensor, up to ``_WEIGHT_SAMPLES`` values at evenly spaced
+    positions (every value of smaller tensors): retraining or fine-tuning changes it, hashing a 7B model takes well under
+    a second.
+    """
+    model = engine.model
+    config = {
+        k: v
+        for k, v in model.config.to_dict().items()
+        if not k.startswith("_") and k not in _RUNTIME_CONFIG_KEYS
+    }
+    config = _plain(config)
+    digest = hashlib.sha256()
+    with torch.inference_mode():
+        for name, tensor in sorted(model.state_dict().items()):
+            flat = tensor.detach().reshape(-1)
+            digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+            if flat.numel() > _WEIGHT_SAMPLES:
+                flat = flat[torch.linspace(0, flat.numel() - 1, _WEIGHT_SAMPLES, device=flat.device).long()]
+            if flat.dtype == torch.bool:
+                flat = flat.to(torch.uint8)
+            digest.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    dtype = next((str(p.dtype).removeprefix("torch.") for p in model.parameters()), "unknown")
+    return {
+        "name": engine.name,
+        "backend": engine.backend.name,
+        "dtype": dtype,
+        "config_sha256": sha256(canonical(config)),
+        "weights_sha256": digest.hexdigest(),
+        "config": config,
+    }
+
+
+def tokenizer_info(tokenizer: Any) -> dict[str, Any]:
+    """What identifies the tokenizer: its full definition (vocabulary, merges, normalisation, special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        definition = json.loads(backend.to_str())
+        definition.pop("truncation", None)  # runtime settings, changed by calls, not part of the tokenizer
+        definition.pop("padding", None)
+    else:
+        definition = sorted(tokenizer.get_vocab().items())
+    special = {name: getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "pad", "unk")}
+    return {
+        "class": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "sha256": sha256(canonical({"definition": definition, "special": special})),
+    }
+
+
+def settings_info(engine: OPRM) -> dict[str, Any]:
+    """The settings that decide which chunks exist and which tokens precede the question."""
+    return {
+        "chunk_tokens": engine.config.chunk_tokens,
+        "overlap_tokens": engine.config.overlap_tokens,
+        "template": engine.template.to_dict(),
+        "not_found": engine.config.not_found,
+        "prefix_ids": list(engine.prompt_ids.prefix),
+        "infix_ids": list(engine.prompt_ids.infix),
+    }
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Human-readable differences between a manifest's model/tokenizer/settings and the engine's."""
+    out: list[str] = []
+    s_model, c_model = stored["model"], current["model"]
+    if s_model["backend"] != c_model["backend"]:
+        out.append(f"model family: index {s_model['backend']!r}, engine {c_model['backend']!r}")
+    elif s_model["config_sha256"] != c_model["config_sha256"]:
+        keys = sorted(k for k in {*s_model["config"], *c_model["config"]} if s_model["config"].get(k) != c_model["config"].get(k))
+        shown = ", ".join(
+            f"{k} index={_short(s_model['config'].get(k), 30)} engine={_short(c_model['config'].get(k), 30)}" for k in keys[:4]
+        )
+        out.append(f"model config: {shown}{' ...' if len(keys) > 4 else ''}")
+    if s_model["dtype"] != c_model["dtype"]:
+        out.append(f"model dtype: index {s_model['dtype']}, engine {c_model['dtype']}")
+    elif s_model["weights_sha256"] != c_model["weights_sha256"] and s_model["config_sha256"] == c_model["config_sha256"]:
+        out.append(
+            f"model weights: index built with weights {s_model['weights_sha256'][:12]} ({s_model['name']!r}), engine has "
+            f"{c_model['weights_sha256'][:12]} ({c_model['name']!r}); same architecture, other checkpoint"
+        )
+    s_tok, c_tok = stored["tokenizer"], current["tokenizer"]
+    if s_tok["sha256"] != c_tok["sha256"]:
+        out.append(
+            f"tokenizer: index {s_tok['class']} with {s_tok['vocab_size']} tokens ({s_tok['sha256'][:12]}), engine "
+            f"{c_tok['class']} with {c_tok['vocab_size']} tokens ({c_tok['sha256'][:12]})"
+        )
+    s_set, c_set = stored["settings"], current["settings"]
+    for key in sorted({*s_set, *c_set}):
+        if s_set.get(key) != c_set.get(key):
+            out.append(f"{key}: index {_short(s_set.get(key))}, engine {_short(c_set.get(key))}")
+    return out

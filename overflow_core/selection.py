@@ -1,0 +1,92 @@
+"""Selection: score each micro-batch of prefilled rows for a question and keep the states of the best rows so far.
+
+The engine (rows prefilled from whole prompts) and the state index (rows continued from stored states) both produce
+batches of ``(rows, logits, state)`` one after another; this module turns them into the question's :class:`Scored`:
+every row's signals and the states of the running top ``keep`` rows, so that memory holds at most ``keep`` states
+whatever the number of chunks. Knows nothing about where the rows came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from overflow_core import scoring
+from overflow_core.backends.base import Backend, State
+from overflow_core.types import Ranking
+
+__all__ = ["Kept", "Scored", "batch_signals", "enters_top", "keep_best"]
+
+Kept = dict[int, tuple[State, torch.Tensor]]  # chunk index -> (its one-row state, its [1, V] last logits)
+
+
+@dataclass
+class Scored:
+    """What scoring a question over chunks produced: the ranking and the kept states.
+
+    Attributes:
+        ranking: every chunk's score, best first.
+        kept: chunk index -> (one-row state after the chunk's full prompt, ``[1, V]`` logits there), for the best rows.
+        prompts: chunk index -> the full prompt ids of each kept row (the key of the engine's state cache).
+    """
+
+    ranking: Ranking
+    kept: Kept = field(default_factory=dict)
+    prompts: dict[int, list[int]] = field(default_factory=dict)
+
+
+def batch_signals(
+    backend: Backend, logits: torch.Tensor, state: Callable[[], State], idk_ids: Iterable[int]
+) -> scoring.Signals:
+    """The scoring signals of one micro-batch: ``logits`` ``[B, V]`` at each row's answer position.
+
+    The one place where a batch of rows is scored, for full prompts (the engine) and stored states (the index) alike.
+    ``state`` returns the batch's ``B`` rows of state (a call may copy them, so it is made only when a check needs to look
+    past the first answer token).
+    """
+    del backend, state  # the first-token signals need only the logits
+    return scoring.signals(logits, idk_ids)
+
+
+def enters_top(
+    kept: Mapping[int, object], rows: Sequence[int], sig: scoring.Signals, keep: int, *, criterion: str, idk_filter: bool
+) -> bool:
+    """Whether any of ``rows`` enters the running top-``keep`` (else the batch's state need not be copied)."""
+    candidates = sorted({*kept, *rows})
+    order = scoring.rank_order(sig.take(candidates), criterion=criterion, idk_filter=idk_filter)
+    return any(candidates[j] not in kept for j in order[:keep])
+
+
+def keep_best(
+    backend: Backend,
+    kept: Kept,
+    rows: Sequence[int],
+    logits: torch.Tensor,
+    state: State,
+    sig: scoring.Signals,
+    keep: int,
+    *,
+    criterion: str,
+    idk_filter: bool,
+) -> Kept:
+    """The running top-``keep`` over the rows seen so far: select the batch rows that enter it, drop those pushed out.
+
+    Args:
+        kept: the top so far (not modified).
+        rows: chunk indices of the batch's rows, in batch order.
+        logits: ``[B, V]`` the batch's last logits; state: its ``B`` rows.
+        sig: signals of every chunk scored so far (this batch included).
+    """
+    candidates = sorted({*kept, *rows})  # index order, so ties break exactly as in the final ranking
+    order = scoring.rank_order(sig.take(candidates), criterion=criterion, idk_filter=idk_filter)
+    best = [candidates[j] for j in order[:keep]]
+    new_rows = [i for i in best if i not in kept]
+    out = {i: kept[i] for i in best if i in kept}
+    if new_rows:
+        positions = [list(rows).index(i) for i in new_rows]
+        selected = backend.select(state, positions)
+        for j, i in enumerate(new_rows):
+            out[i] = (backend.select(selected, [j]), logits[positions[j] : positions[j] + 1].clone())
+    return out
