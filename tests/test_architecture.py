@@ -134,7 +134,6 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
 def test_the_wheel_holds_the_library_not_the_recipe() -> None:
     """``pip install .`` installs what pyproject's package discovery finds: overflow_core only, never training/."""
     import tomllib
-
     from setuptools import find_packages
 
     find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
