@@ -1,10 +1,13 @@
 """The ``oprm`` command: argument parsing and printing only; every decision is the engine's.
 
-    oprm ask -q QUESTION FILE... [--model PATH] [--chunk-tokens N] [--mode oprm|summarize|vanilla] [--json]
+    oprm ask -q QUESTION FILE... [--model NAME_OR_PATH] [--chunk-tokens N] [--mode oprm|summarize|vanilla] [--json]
     oprm ask -q QUESTION --index PATH
     oprm index FILE... --out PATH
     oprm demo
+    (ask, index and demo load the model with --model NAME_OR_PATH --revision R --device D --dtype T
+     --trust-remote-code --preset P; see docs/own-model.md)
     oprm bench ...     (the benchmark harness, see overflow_core.bench)
+    oprm longbench ... (LongBench v1/E/v2, OPRM vs vanilla, see overflow_core.longbench)
 
 User mistakes (a missing file, an empty question, an unsupported model...) print one line on stderr and exit with 2;
 never a traceback.
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from overflow_core.errors import OverflowCoreError
-from overflow_core.types import Answer, Document, Ranking
+from overflow_core.types import Answer, Document, Ranking, check_text
 
 __all__ = ["main", "read_documents"]
 
@@ -40,7 +43,10 @@ def read_documents(paths: Sequence[str], stdin: TextIO | None = None) -> list[Do
     docs: list[Document] = []
     for name in paths:
         if name == "-":
-            text = (stdin or sys.stdin).read()
+            stream = stdin or sys.stdin
+            raw_in = getattr(stream, "buffer", None)  # the bytes, so that bad UTF-8 is an error, not a traceback
+            text = _decode(raw_in.read(), "<stdin>") if raw_in is not None else stream.read()
+            check_text("<stdin>", text)
             source = "<stdin>"
         else:
             path = Path(name)
@@ -53,20 +59,49 @@ def read_documents(paths: Sequence[str], stdin: TextIO | None = None) -> list[Do
                 raise InputError(
                     f"{name}: expected at most {_MAX_FILE_BYTES // 2**20} MiB of text, got {size // 2**20} MiB"
                 )
-            raw = path.read_bytes()
-            if b"\x00" in raw[:8192]:
-                raise InputError(f"{name}: expected a text file, got binary data (NUL bytes)")
             try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(
-                    f"{name}: expected UTF-8 text, could not decode byte {exc.start} ({exc.reason})"
-                ) from exc
+                raw = path.read_bytes()
+            except OSError as exc:
+                raise InputError(f"{name}: could not read the file ({exc.strerror or exc})") from None
+            text = _decode(raw, name)
             source = name
         if not text.strip():
             raise InputError(f"{source}: expected text, got an empty file")
         docs.append(Document(text, {"source": source}))
     return docs
+
+
+def _decode(raw: bytes, name: str) -> str:
+    """``raw`` as UTF-8 text (a BOM is dropped); binary data or bad UTF-8 is an InputError naming ``name``."""
+    from overflow_core.errors import InputError
+
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise InputError(f"{name}: expected a text file, got binary data (a NUL byte at {nul})")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name}: expected UTF-8 text, could not decode byte {exc.start} ({exc.reason})") from None
+
+
+def _index_modes() -> tuple[str, ...]:
+    """The ``--mode`` values a state index answers in: its ``MODES`` when it says, else the choices of its
+    ``answer(mode=...)``, else ``oprm`` only. The one place ``oprm ask --index`` decides which modes it refuses."""
+    import inspect
+    import typing
+
+    from overflow_core.index import StateIndex
+
+    declared = getattr(StateIndex, "MODES", None)
+    if declared:
+        return tuple(declared)
+    if "mode" not in inspect.signature(StateIndex.answer).parameters:
+        return ("oprm",)
+    try:
+        modes = typing.get_args(typing.get_type_hints(StateIndex.answer).get("mode"))
+    except Exception:  # annotations that cannot be resolved here: claim nothing beyond oprm
+        return ("oprm",)
+    return tuple(m for m in modes if isinstance(m, str)) or ("oprm",)
 
 
 def _engine(args: argparse.Namespace) -> Any:
@@ -76,7 +111,20 @@ def _engine(args: argparse.Namespace) -> Any:
     for name in ("chunk_tokens", "max_batch_tokens"):
         if getattr(args, name, None) is not None:
             settings[name] = getattr(args, name)
-    return OPRM.from_pretrained(args.model, device=args.device, **settings)
+    return OPRM.from_pretrained(args.model, **_load_options(args), **settings)
+
+
+def _load_options(args: argparse.Namespace) -> dict[str, Any]:
+    """How to load the model: ``--revision --device --dtype --trust-remote-code --preset`` as ``from_pretrained`` takes them."""
+    options: dict[str, Any] = {
+        "revision": args.revision,
+        "device": args.device,
+        "dtype": args.dtype,
+        "trust_remote_code": args.trust_remote_code,
+    }
+    if args.preset is not None:
+        options["preset"] = args.preset
+    return options
 
 
 def _progress_bar(enabled: bool) -> tuple[Any, Any]:
@@ -128,11 +176,20 @@ def _print_answer(answer: Answer, out: TextIO) -> None:
 def _cmd_ask(args: argparse.Namespace) -> int:
     from overflow_core.errors import InputError
 
-    engine = _engine(args)
-    decoding = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
-    if args.index:
+    decoding = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens is not None else {}
+    if args.index:  # checked before the model loads
         if args.files:
             raise InputError("ask: give either FILE... or --index PATH, not both")
+        modes = _index_modes()
+        if args.mode not in modes:
+            raise InputError(
+                f"--mode {args.mode}: an index answers in {' or '.join(modes)} mode only; give the files instead of "
+                f"--index for {args.mode} mode"
+            )
+        if modes != ("oprm",):
+            decoding["mode"] = args.mode
+    engine = _engine(args)
+    if args.index:
         from overflow_core.index import StateIndex
 
         answer = StateIndex.load(args.index, engine).answer(args.question, **decoding)
@@ -169,7 +226,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from overflow_core.demo import run_demo
 
-    return run_demo(model=args.model, out=sys.stdout)
+    return run_demo(model=args.model, out=sys.stdout, **_load_options(args))
 
 
 def _cmd_eval_moved(args: argparse.Namespace) -> int:
@@ -186,9 +243,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def load_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--model", default=None, metavar="NAME_OR_PATH", help="model folder or hub id (default: the bundled model)"
+        )
+        p.add_argument("--revision", default=None, help="branch, tag or commit of a hub id (default: its main branch)")
+        p.add_argument("--device", default="auto", help="auto (CUDA when present, else cpu), cpu, cuda or cuda:N")
+        p.add_argument(
+            "--dtype",
+            default="auto",
+            choices=["auto", "float32", "bfloat16", "float16"],
+            help="auto: bfloat16 on CUDA, float32 on cpu",
+        )
+        p.add_argument(
+            "--trust-remote-code", action="store_true", help="allow a checkpoint that ships its own Python code to run it"
+        )
+        p.add_argument(
+            "--preset", default=None, help="settings preset: auto (default), paper, none, or a name from docs/own-model.md"
+        )
+
     def model_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
-        p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+        load_options(p)
         p.add_argument("--chunk-tokens", type=int, default=None, help="tokens per chunk (default: the model's setting)")
         p.add_argument("--max-batch-tokens", type=int, default=None, help="token budget of one prefill micro-batch")
 
@@ -210,12 +285,18 @@ def _parser() -> argparse.ArgumentParser:
     index.set_defaults(func=_cmd_index)
 
     demo = sub.add_parser("demo", help="OPRM vs whole-context inference on the bundled demo corpus")
-    demo.add_argument("--model", default=None)
+    load_options(demo)
     demo.set_defaults(func=_cmd_demo)
 
     bench = sub.add_parser("bench", help="run overflow_core.bench.cli (see its --help)", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=None, target="overflow_core.bench.cli")
+
+    longbench = sub.add_parser(
+        "longbench", help="LongBench v1/E/v2, OPRM vs vanilla (see overflow_core.longbench.cli, --help)", add_help=False
+    )
+    longbench.add_argument("rest", nargs=argparse.REMAINDER)
+    longbench.set_defaults(func=None, target="overflow_core.longbench.cli")
 
     evaluate = sub.add_parser("eval", help="moved: the bundled model's evaluation is python -m training.evaluate")
     evaluate.add_argument("rest", nargs=argparse.REMAINDER)
@@ -225,7 +306,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # their options (--quick...) are the module's: "--" stops oprm parsing them
+    if argv[:1] in (["bench"], ["longbench"]):  # their options (--quick...) are the module's: "--" stops oprm parsing them
         argv = [argv[0], "--", *argv[1:]]
     args = _parser().parse_args(argv)
     try:

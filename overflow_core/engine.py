@@ -19,22 +19,21 @@ from overflow_core.answering import AnswerStream
 from overflow_core.backends import resolve_backend
 from overflow_core.backends.base import Backend, Session, State
 from overflow_core.chunking import chunk_documents, encode_text
-from overflow_core.config import OPRMConfig, load_settings
+from overflow_core.config import OPRMConfig, check_k, check_seed
 from overflow_core.decode import Generation, stop_token_ids
-from overflow_core.errors import ConfigError, InputError, ModelLoadError, UnsupportedModelError
+from overflow_core.errors import ConfigError, InputError
 from overflow_core.index import StateIndex
 from overflow_core.prefill import PrefillBatch, prefill
-from overflow_core.prompting import PromptTemplate, build_template, encode_template, not_found_token_ids
+from overflow_core.prompting import PromptTemplate, build_template, encode_chat, encode_template, not_found_token_ids
 from overflow_core.selection import Kept, Scored, batch_signals, keep_best
 from overflow_core.state_cache import StateCache
-from overflow_core.types import Answer, Chunk, Ranking, Timings, Usage, as_documents
+from overflow_core.types import Answer, Chunk, Ranking, Timings, Usage, as_documents, as_token_ids, check_text
 
 __all__ = ["DEFAULT_MODEL_DIR", "OPRM", "Mode"]
 
 logger = logging.getLogger("overflow_core")
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
 Mode = Literal["oprm", "vanilla", "summarize"]
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Progress = Callable[[int, int], None]  # (tokens done, tokens total)
 
 
@@ -71,48 +70,49 @@ class OPRM:
     @classmethod
     def from_pretrained(
         cls,
-        path: str | Path | None = None,
+        name_or_path: str | Path | None = None,
         *,
-        device: str = "cpu",
-        dtype: str | None = None,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        token: str | bool | None = None,
+        trust_remote_code: bool = False,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = "auto",
         **settings: Any,
     ) -> OPRM:
-        """Load a model folder (the bundled model when ``path`` is None), offline.
+        """Load a model by hub id or folder (the bundled model when ``name_or_path`` is None); see :mod:`overflow_core.loading`.
 
-        Settings come from, in increasing priority: :class:`OPRMConfig` defaults, the folder's ``overflow.json``, and the
-        keyword arguments given here (``chunk_tokens=...``, ``max_batch_tokens=...``, ...).
+        A hub id is taken from the local Hugging Face cache when it is there (no network call), else downloaded; offline
+        (``HF_HUB_OFFLINE=1``) a missing one fails with one line saying how to get it. A checkpoint that ships its own code
+        (``auto_map``) loads only with ``trust_remote_code=True``. ``device="auto"`` is CUDA when present, else the CPU;
+        ``dtype="auto"`` is bfloat16 on CUDA and float32 on the CPU.
+
+        Settings come from, in increasing priority: :class:`OPRMConfig` defaults; a preset (``preset=`` one of
+        :data:`overflow_core.presets.PRESETS`, ``"paper"`` or ``"none"``; by default the paper's settings, or the model's
+        preset, for a checkpoint without ``overflow.json``); the checkpoint's ``overflow.json``; and the keyword
+        arguments given here (``chunk_tokens=...``, ``max_batch_tokens=...``, ...).
+
+        Example:
+            >>> oprm = OPRM.from_pretrained("tiiuae/falcon-mamba-7b-instruct")  # doctest: +SKIP
+            >>> oprm.config.chunk_tokens, oprm.config.max_new_tokens, oprm.config.stop  # doctest: +SKIP
+            (2000, 20, ('<|im_end|>',))
         """
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from overflow_core.loading import load
 
-        folder = Path(path) if path is not None else DEFAULT_MODEL_DIR
-        if not folder.is_dir():
-            hint = " (the bundled model is missing from this installation)" if path is None else ""
-            raise ModelLoadError(f"model path: expected a model folder, {str(folder)!r} does not exist{hint}")
-        if not (folder / "config.json").exists():
-            raise ModelLoadError(f"model path {str(folder)!r}: expected a Hugging Face model folder with config.json")
-        config = cls._config(settings={**load_settings(folder), **settings}, device=device, dtype=dtype)
-        try:
-            hf_config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-        except Exception as exc:  # transformers raises several types for a bad config
-            raise ModelLoadError(f"model path {str(folder)!r}: could not read config.json ({exc})") from exc
-        from overflow_core.backends import SUPPORTED
-
-        if getattr(hf_config, "model_type", None) not in SUPPORTED:
-            raise UnsupportedModelError(
-                f"model at {str(folder)!r}: model_type {getattr(hf_config, 'model_type', None)!r} is not supported; "
-                f"expected one of {', '.join(sorted(SUPPORTED))}"
-            )
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            model: Any = AutoModelForCausalLM.from_pretrained(
-                str(folder), local_files_only=True, dtype=_DTYPES[config.dtype]
-            )
-            model = model.to(device)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"model path {str(folder)!r}: could not load the weights or tokenizer ({exc})"
-            ) from exc
-        return cls(model, tokenizer, config, name=folder.name if path is not None else "overflow-default")
+        preset = settings.pop("preset", None)
+        loaded = load(
+            name_or_path,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            trust_remote_code=trust_remote_code,
+            device=device,
+            dtype=dtype,
+            preset=preset,
+            settings=settings,
+        )
+        config = cls._config(settings=loaded.settings, device=str(loaded.device), dtype=loaded.dtype)
+        return cls(loaded.model, loaded.tokenizer, config, name=loaded.name)
 
     @staticmethod
     def _config(settings: Mapping[str, Any], device: str, dtype: str | None) -> OPRMConfig:
@@ -134,8 +134,8 @@ class OPRM:
     def encode_question(self, question: str) -> tuple[int, ...]:
         """The question's ids, after checking it is usable."""
         if not isinstance(question, str) or not question.strip():
-            raise InputError(f"question: expected a non-empty string, got {question!r}")
-        ids = encode_text(self.tokenizer, question.strip())
+            raise InputError(f"question: expected a non-empty string, got {question!r:.80}")
+        ids = encode_text(self.tokenizer, check_text("question", question).strip())
         if len(ids) > self.config.chunk_tokens:
             raise InputError(
                 f"question: expected at most chunk_tokens={self.config.chunk_tokens} tokens, got {len(ids)}; "
@@ -178,9 +178,10 @@ class OPRM:
             raise InputError("messages: expected at least one message, got none")
         if len(messages) == 1 and messages[0].get("role") == "user" and self.template.parse(messages[0]["content"]):
             return self.encode_prompt(messages[0]["content"])
-        if getattr(self.tokenizer, "chat_template", None):
-            rendered = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-            return self.encode_prompt(str(rendered))
+        if getattr(self.tokenizer, "chat_template", None):  # template text keeps its special ids; contents are user text
+            ids = encode_chat(self.tokenizer, messages)
+            bos = self.prompt_ids.prefix[:1]
+            return [bos[0], *ids] if bos and bos[0] == getattr(self.tokenizer, "bos_token_id", None) else ids
         text = "\n\n".join(f"{m['content']}" for m in messages)
         return self.encode_prompt(text)
 
@@ -254,8 +255,7 @@ class OPRM:
         The states of the top ``k`` chunks (after their full prompt) go to the state cache, so a chat model asked to
         continue one of those prompts next decodes without prefilling it again.
         """
-        if k is not None and k < 1:
-            raise ConfigError(f"k: expected a positive number of chunks, got {k}")
+        k = check_k(k)
         chunks = self.chunk(documents)
         scored = self._score(question, chunks, keep=min(k or 1, len(chunks)), progress=progress)
         ranking = scored.ranking
@@ -316,11 +316,7 @@ class OPRM:
     def decoding_config(self, overrides: Mapping[str, Any]) -> OPRMConfig:
         """This engine's config with per-call decoding ``overrides`` (``max_new_tokens``, ``temperature``, ``top_k``,
         ``top_p``, ``stop``) applied; anything else is refused."""
-        allowed = {"max_new_tokens", "temperature", "top_k", "top_p", "stop"}
-        unknown = set(overrides) - allowed
-        if unknown:
-            raise ConfigError(f"unknown decoding options {sorted(unknown)}; expected some of {sorted(allowed)}")
-        return self.config.with_overrides(**overrides)
+        return self.config.with_decoding(**overrides)
 
     def generation(
         self, session: Session, logits: torch.Tensor, cfg: OPRMConfig, seed: int | None, *, lstrip: bool = False
@@ -358,8 +354,7 @@ class OPRM:
     ) -> AnswerStream:
         if mode not in ("oprm", "vanilla", "summarize"):
             raise ConfigError(f"mode: expected 'oprm', 'summarize' or 'vanilla', got {mode!r}")
-        if k is not None and k < 1:
-            raise ConfigError(f"k: expected a positive number of chunks, got {k}")
+        k, seed = check_k(k), check_seed(seed)
         cfg = self.decoding_config(decoding)
         docs = as_documents(documents)
         chunks = self.chunk(docs)
@@ -394,8 +389,11 @@ class OPRM:
         (the default) strips exactly when the prompt ends like the engine's own prompts (the template's suffix), so an
         answer reads the same through :meth:`answer` and through ``complete(prompt(...))``.
         """
+        embeddings = getattr(self.model, "get_input_embeddings", lambda: None)()
+        prompt_ids = as_token_ids("prompt_ids", prompt_ids, getattr(embeddings, "num_embeddings", None))
         if not prompt_ids:
-            raise InputError("prompt: expected at least one token, got an empty prompt")
+            raise InputError("prompt_ids: expected at least one token, got an empty prompt")
+        seed = check_seed(seed)
         if lstrip is None:
             suffix = self.prompt_ids.suffix
             lstrip = bool(suffix) and tuple(prompt_ids[-len(suffix) :]) == tuple(suffix)

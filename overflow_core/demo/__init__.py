@@ -79,14 +79,16 @@ def _mark(ok: bool) -> str:
     return "right" if ok else "wrong"
 
 
-def run_demo(model: str | None = None, out: TextIO | None = None) -> int:
-    """Answer the demo questions with whole-context inference and with OPRM, side by side."""
+def run_demo(model: str | None = None, out: TextIO | None = None, **load: Any) -> int:
+    """Answer the demo questions with whole-context inference and with OPRM, side by side.
+
+    ``load`` goes to :meth:`OPRM.from_pretrained` (``revision``, ``device``, ``dtype``, ``trust_remote_code``, ``preset``)."""
     import sys
 
     from overflow_core.engine import OPRM
 
     out = out or sys.stdout
-    oprm = OPRM.from_pretrained(model)
+    oprm = OPRM.from_pretrained(model, **load)
     docs, questions = load_corpus()
     n_tokens = sum(len(oprm.tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in docs)
     out.write(
