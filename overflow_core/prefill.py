@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from overflow_core.backends.base import Backend, State
-from overflow_core.memory import release_freed_memory
+from overflow_core.memory import HeapBound, release_freed_memory, resident_bytes
 
 __all__ = ["PrefillBatch", "pad_left", "plan_batches", "prefill"]
 
@@ -79,17 +79,19 @@ def prefill(
 
     The caller keeps what it needs (a few rows' states, or only the scores) and drops the rest, which is what keeps the
     memory of a long input bounded. ``on_batch(real_tokens)`` is called after each batch (for progress bars).
-    ``release_memory`` gives the batch's freed activations back to the system before the next batch (CPU only; see
-    :mod:`overflow_core.memory`), so the heap does not grow with the number of batches.
+    ``release_memory`` keeps the heap from growing with the number of batches (CPU only): the first batch sets a bound
+    on the resident set, and freed activations are given back to the system after a batch only when it is passed (see
+    :class:`~overflow_core.memory.HeapBound`).
     """
-    trim = release_memory and torch.device(device).type == "cpu"
+    cpu = torch.device(device).type == "cpu"
+    bound = HeapBound(rss=resident_bytes, release=release_freed_memory) if release_memory and cpu else None
     lengths = [len(p) for p in prompts]
     for rows in plan_batches(lengths, max_batch_tokens):
         ids, mask = pad_left([prompts[i] for i in rows], pad_id)
         with torch.inference_mode():
             logits, state = backend.prefill(ids.to(device), mask.to(device))
-        if trim:
-            release_freed_memory()
+        if bound is not None:
+            bound.after_batch()
         if on_batch is not None:
             on_batch(int(mask.sum()))
         yield PrefillBatch(rows=rows, logits=logits, state=state, padded_tokens=int(ids.numel()))

@@ -1,0 +1,92 @@
+"""The fast SSD scan against transformers' own, and its dispatcher: only inside ``fast_scan`` blocks, only this thread."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from overflow_core.backends import ssd
+
+
+def test_chunk_scan_equals_transformers_scan() -> None:
+    """Outputs and final states equal transformers' ``mamba2_chunk_scan`` for one and several groups, lengths that are
+    and are not a whole number of chunks, with and without an initial state. Tolerance: float32 sums of up to 150
+    products in another order, about 1e-5 of the values' scale; a wrong decay or a dropped initial state is O(1)."""
+    from transformers.models.mamba2 import modeling_mamba2
+
+    original = getattr(modeling_mamba2.mamba2_chunk_scan, "__wrapped__", modeling_mamba2.mamba2_chunk_scan)
+    torch.manual_seed(0)
+    for b, length, h, p, g, n, q, init in [
+        (2, 150, 4, 8, 1, 16, 32, False),
+        (2, 64, 4, 8, 2, 16, 32, True),
+        (3, 100, 6, 4, 3, 8, 16, True),
+        (1, 5, 2, 4, 1, 4, 8, False),
+    ]:
+        x, dt = torch.randn(b, length, h, p), torch.randn(b, length, h)
+        a, d, bias = -torch.rand(h), torch.randn(h), torch.randn(h)
+        bm, cm = torch.randn(b, length, g, n), torch.randn(b, length, g, n)
+        s0 = torch.randn(b, h, p, n) if init else None
+        kw = dict(D=d, dt_bias=bias, initial_states=s0, dt_softplus=True, return_final_states=True)
+        y1, s1 = original(x, dt, a, bm, cm, q, **kw)
+        y2, s2 = ssd.chunk_scan(x, dt, a, bm, cm, q, **kw)
+        torch.testing.assert_close(y2, y1, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(s2, s1, rtol=1e-4, atol=1e-4)
+        if init:  # the initial state matters far above the tolerance, so dropping it would fail the check above
+            y0 = ssd.chunk_scan(x, dt, a, bm, cm, q, **{**kw, "initial_states": None})[0]
+            assert (y0 - y2).abs().max() > 1e-1
+
+
+def _tiny_mamba2() -> torch.nn.Module:
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Mamba2Config(
+        vocab_size=64, hidden_size=32, state_size=8, num_heads=4, head_dim=16, n_groups=1, num_hidden_layers=2,
+        chunk_size=16,
+    )  # fmt: skip
+    return Mamba2ForCausalLM(config).eval()
+
+
+def test_the_dispatcher_runs_the_fast_scan_only_inside_its_block_and_keeps_the_output(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from transformers.models.mamba2 import modeling_mamba2
+
+    model = _tiny_mamba2()
+    ids = torch.randint(0, 64, (2, 40))
+    with torch.inference_mode():
+        reference = model(input_ids=ids).logits
+    assert ssd.install(model) and ssd.install(model), "install is idempotent"
+    calls: list[int] = []
+    real = ssd.chunk_scan
+    monkeypatch.setattr(ssd, "chunk_scan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.inference_mode():
+        outside = model(input_ids=ids).logits
+        assert not calls, "outside a fast_scan block transformers' own scan runs"
+        seen_in_thread: list[int] = []
+
+        def other_thread() -> None:
+            before = len(calls)
+            with torch.inference_mode():
+                model(input_ids=ids)
+            seen_in_thread.append(len(calls) - before)
+
+        with ssd.fast_scan():
+            fast = model(input_ids=ids).logits
+            worker = threading.Thread(target=other_thread)
+            worker.start()
+            worker.join()
+    assert calls, "inside the block the fast scan runs"
+    assert seen_in_thread == [0], "another thread is not inside this thread's block"
+    assert getattr(modeling_mamba2.mamba2_chunk_scan, "_overflow_dispatch", False)
+    torch.testing.assert_close(outside, reference)
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_install_ignores_models_without_a_mamba2_scan() -> None:
+    class Plain(torch.nn.Module):
+        pass
+
+    assert not ssd.install(Plain())
