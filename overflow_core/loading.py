@@ -110,7 +110,7 @@ def hub_offline() -> bool:
             return _truthy(value)
     from huggingface_hub import constants
 
-    return bool(constants.is_offline_mode())
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def hub_cache_dir(cache_dir: str | Path | None = None) -> Path:
