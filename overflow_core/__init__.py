@@ -12,6 +12,7 @@ from overflow_core.engine import OPRM
 from overflow_core.errors import (
     ConfigError,
     IndexBusyError,
+    IndexChangedError,
     IndexConflictError,
     IndexCorruptError,
     IndexMismatchError,
@@ -35,6 +36,7 @@ __all__ = [
     "ConfigError",
     "Document",
     "IndexBusyError",
+    "IndexChangedError",
     "IndexConflictError",
     "IndexCorruptError",
     "IndexMismatchError",

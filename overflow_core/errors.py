@@ -8,6 +8,7 @@ from typing import Any
 __all__ = [
     "ConfigError",
     "IndexBusyError",
+    "IndexChangedError",
     "IndexConflictError",
     "IndexCorruptError",
     "IndexMismatchError",
@@ -53,6 +54,11 @@ class IndexCorruptError(StateIndexError, OSError):
 
 class IndexBusyError(StateIndexError, TimeoutError):
     """Another writer held an index folder's lock for longer than the save was willing to wait."""
+
+
+class IndexChangedError(StateIndexError, RuntimeError):
+    """An index was changed underneath a reader: another save replaced it and deleted files the reader still needed
+    (only where readers cannot hold leases, or when writers commit faster than a load can start). Load it again."""
 
 
 class IndexConflictError(StateIndexError, RuntimeError):

@@ -28,7 +28,7 @@ from overflow_core import (
     IndexMismatchError,
     InputError,
 )
-from overflow_core.index import LOCK, MANIFEST, StateIndex
+from overflow_core.index import LOCK, MANIFEST, MARKER, StateIndex
 from overflow_core.reference import reference_greedy, reference_last_logits
 from overflow_core.testing import FAMILIES, RANKING_ATOL, assert_same_ranking, make_tokenizer_dir, sample_documents
 
@@ -170,8 +170,9 @@ def test_save_load_round_trip(tuned: Any, tmp_path: Path) -> None:
     assert {"model", "tokenizer", "shards", "chunks", "format_version", "checksum"} <= set(manifest)
     assert_same_ranking(index.rank(QUESTION), loaded.rank(QUESTION))
     assert loaded.path == tmp_path / "idx" and "chunks=" in repr(loaded)
-    no_pickle = [p for p in (tmp_path / "idx").iterdir() if p.suffix not in (".safetensors", ".json") and p.name != LOCK]
-    assert not no_pickle, f"only safetensors shards and the JSON manifest belong in an index, found {no_pickle}"
+    allowed = (".safetensors", ".json", ".lease")  # a lease file is JSON too (the generation's shard list)
+    no_pickle = [p for p in (tmp_path / "idx").iterdir() if p.suffix not in allowed and p.name not in (LOCK, MARKER)]
+    assert not no_pickle, f"only safetensors shards and JSON files belong in an index, found {no_pickle}"
 
 
 def test_add_and_remove_equal_a_fresh_build(tuned: Any, tmp_path: Path) -> None:
@@ -263,11 +264,14 @@ def test_damaged_index_rejected(tuned: Any, tmp_path: Path, damage: str) -> None
     folder = tmp_path / "idx"
     StateIndex.build(e, DOCS[:2]).save(folder, shard_bytes=1)
     shard, manifest = _shard(folder), folder / MANIFEST
-    if damage == "flip":
+    if damage == "flip":  # found when the row is read (or by verify), not at load: load reads no state bytes
         data = bytearray(shard.read_bytes())
         data[len(data) // 2] ^= 0xFF
         shard.write_bytes(bytes(data))
-        expected = f"shard {shard.name} sha256"
+        loaded = StateIndex.load(folder, e)
+        with pytest.raises(IndexCorruptError, match=f"shard {shard.name} sha256"):
+            loaded.verify()
+        expected = f"shard {shard.name} row 0: CRC-32"
     elif damage == "truncate":
         shard.write_bytes(shard.read_bytes()[:-100])
         expected = "truncated"
@@ -284,7 +288,7 @@ def test_damaged_index_rejected(tuned: Any, tmp_path: Path, damage: str) -> None
         manifest.unlink()
         expected = "found none"
     with pytest.raises(IndexCorruptError, match=expected):
-        StateIndex.load(folder, e)
+        StateIndex.load(folder, e).rank(QUESTION)
 
 
 def test_shard_damaged_after_loading_is_caught_at_query_time(tuned: Any, tmp_path: Path) -> None:
@@ -297,7 +301,7 @@ def test_shard_damaged_after_loading_is_caught_at_query_time(tuned: Any, tmp_pat
     data = bytearray(shard.read_bytes())
     data[-8] ^= 0x01  # last bytes: a state value, not the header
     shard.write_bytes(bytes(data))
-    with pytest.raises(IndexCorruptError, match="sha256"):
+    with pytest.raises(IndexCorruptError, match="CRC-32"):
         index.rank(QUESTION)
 
 
@@ -313,7 +317,7 @@ def test_interrupted_save_leaves_the_previous_index(
     old.save(folder)
     new = StateIndex.build(e, DOCS)
     calls = 0
-    real_shard, real_manifest = index_module.write_shard, index_module.write_manifest
+    real_file, real_commit = index_module.write_file, index_module.commit
 
     def crash_mid_shard(path: Path, data: bytes) -> None:
         nonlocal calls
@@ -321,27 +325,29 @@ def test_interrupted_save_leaves_the_previous_index(
         if calls == 2:
             path.write_bytes(data[: len(data) // 2])  # half a file on disk, then the "crash"
             raise OSError("simulated crash while writing a shard")
-        real_shard(path, data)
+        real_file(path, data)
 
     def crash_in_manifest(target: Path, manifest: Any, tag: str) -> None:
         (target / f"{MANIFEST}.tmp-{tag}").write_text(json.dumps(manifest)[:100])
         raise OSError("simulated crash while writing the manifest")
 
     if where == "shard":
-        monkeypatch.setattr(index_module, "write_shard", crash_mid_shard)
+        monkeypatch.setattr(index_module, "write_file", crash_mid_shard)
     else:
-        monkeypatch.setattr(index_module, "write_manifest", crash_in_manifest)
+        monkeypatch.setattr(index_module, "commit", crash_in_manifest)
     with pytest.raises(OSError, match="simulated crash"):
         new.save(folder, shard_bytes=1)
     survivor = StateIndex.load(folder, e)
     assert survivor.chunks == old.chunks
     assert_same_ranking(e.rank(QUESTION, DOCS[:1]), survivor.rank(QUESTION))
-    monkeypatch.setattr(index_module, "write_shard", real_shard)
-    monkeypatch.setattr(index_module, "write_manifest", real_manifest)
+    monkeypatch.setattr(index_module, "write_file", real_file)
+    monkeypatch.setattr(index_module, "commit", real_commit)
+    survivor.close()  # the old generation is read by nobody now (both handles closed): the next save may delete it
+    old.close()
     new.save(folder, shard_bytes=1)
     assert StateIndex.load(folder, e).chunks == new.chunks
-    leftovers = [p for p in folder.iterdir() if p.name != LOCK]
-    assert len(leftovers) == len(new) + 1, "leftovers of the failed save are gone after the next one"
+    leftovers = sorted(p.name for p in folder.iterdir() if p.name not in (LOCK, MARKER, MANIFEST))
+    assert len(leftovers) == len(new) + 1, f"leftovers of the failed save are gone after the next one: {leftovers}"
 
 
 def test_errors_name_what_was_expected(tuned: Any, tmp_path: Path) -> None:
@@ -362,7 +368,7 @@ def test_errors_name_what_was_expected(tuned: Any, tmp_path: Path) -> None:
         index.rank(QUESTION, k=0)
     with pytest.raises(ConfigError, match="mode"):
         index.answer(QUESTION, mode="vanilla")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="unknown decoding options"):
+    with pytest.raises(ConfigError, match="unknown decoding option"):
         index.answer(QUESTION, beams=2)
     with pytest.raises(InputError, match="source: expected"):
         index.remove(3)  # type: ignore[arg-type]

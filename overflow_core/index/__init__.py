@@ -11,11 +11,13 @@ The steps, each done by the module that owns it:
 1. **build / add**: chunk the documents (:mod:`~overflow_core.chunking`), prefill every ``prefix + chunk + infix`` in
    bounded micro-batches (:mod:`~overflow_core.prefill`) and keep each row's state.
 2. **save / load**: states go to safetensors shards, everything else (chunks, fingerprints of the model and tokenizer,
-   the chunking and prompt settings, each shard's sha256) to ``manifest.json``. Shards are immutable and uniquely named;
-   replacing ``manifest.json`` with ``os.replace`` is the single atomic commit, so an interrupted save leaves the previous
-   index as it was. Loading checks everything and refuses an index made with another model, tokenizer or settings
-   (:class:`~overflow_core.errors.IndexMismatchError`) or one whose files are damaged
-   (:class:`~overflow_core.errors.IndexCorruptError`). No pickles: tensors in safetensors, the rest in JSON.
+   the chunking and prompt settings, each shard's sha256 and each row's CRC-32) to ``manifest.json``, in a folder
+   marked as an index (:data:`MARKER`). A save writes a new generation (new shard names) and replacing
+   ``manifest.json`` with ``os.replace`` is its single atomic commit; readers hold a lease on the generation they
+   read, so a save never deletes files a reader still needs. Loading refuses an index made with another model,
+   tokenizer or settings (:class:`~overflow_core.errors.IndexMismatchError`) or a malformed one
+   (:class:`~overflow_core.errors.IndexCorruptError`); each row's bytes are checked when a query reads them. No
+   pickles: tensors in safetensors, the rest in JSON. See :mod:`overflow_core.index.storage`.
 3. **query**: stored states are read shard by shard (safetensors memory-maps them, so an index bigger than RAM works),
    stacked into batches of at most ``max_batch_tokens`` (state tokens + question tokens per row), and every row is fed the
    same question tokens, so no padding is needed. Scoring, selection and decoding are the engine's own.
@@ -26,6 +28,6 @@ greedy tokens. This module knows nothing about model families: rows of state are
 """
 
 from overflow_core.index.state_index import StateIndex
-from overflow_core.index.storage import DEFAULT_SHARD_BYTES, FORMAT, FORMAT_VERSION, LOCK, MANIFEST
+from overflow_core.index.storage import DEFAULT_SHARD_BYTES, FORMAT, FORMAT_VERSION, LOCK, MANIFEST, MARKER
 
-__all__ = ["DEFAULT_SHARD_BYTES", "FORMAT", "FORMAT_VERSION", "LOCK", "MANIFEST", "StateIndex"]
+__all__ = ["DEFAULT_SHARD_BYTES", "FORMAT", "FORMAT_VERSION", "LOCK", "MANIFEST", "MARKER", "StateIndex"]

@@ -7,6 +7,7 @@ and answering are the same functions the engine uses (:mod:`overflow_core.select
 
 from __future__ import annotations
 
+import errno
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,25 +20,25 @@ import torch
 from overflow_core import scoring
 from overflow_core.answering import AnswerStream
 from overflow_core.backends.base import Session, State
-from overflow_core.errors import ConfigError, IndexConflictError, IndexCorruptError, IndexMismatchError, InputError
+from overflow_core.errors import (
+    ConfigError,
+    IndexConflictError,
+    IndexCorruptError,
+    IndexMismatchError,
+    InputError,
+    StateIndexError,
+)
 from overflow_core.index import storage
 from overflow_core.index.fingerprint import differences, model_info, settings_info, tokenizer_info
 from overflow_core.index.storage import (
     DEFAULT_SHARD_BYTES,
     FORMAT,
     FORMAT_VERSION,
-    MANIFEST,
-    SHARD_NAME,
-    TMP_MANIFEST,
+    Lease,
     ShardInfo,
     ShardReader,
-    check_target,
-    current_checksum,
-    fsync_dir,
     jsonable_metadata,
-    read_manifest,
     state_to_tensors,
-    verify_shard,
 )
 from overflow_core.prefill import plan_batches
 from overflow_core.selection import Kept, Scored, batch_signals, enters_top, keep_best
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from overflow_core.engine import OPRM
 
 __all__ = ["StateIndex"]
+
 
 def _to_device(state: State, device: torch.device) -> State:
     return State(
@@ -107,7 +109,8 @@ class StateIndex:
         self._folder: Path | None = None
         self._checksum: str | None = None  # the manifest version this index was loaded from or last saved as
         self._shards: dict[str, ShardInfo] = {}
-        self._verified: dict[str, tuple[int, int]] = {}  # shard -> (size, mtime_ns) when its sha256 last matched
+        self._lease: Lease | None = None  # the generation of _folder this index reads; its shards stay while held
+        self._verify = True  # check each row's CRC-32 as it is read
 
     # -- building -------------------------------------------------------------------------------------------------------
     @classmethod
@@ -292,7 +295,15 @@ class StateIndex:
                 cfg = e.config
                 if keep > 0 and enters_top(kept, rows, sig, keep, criterion=cfg.criterion, idk_filter=cfg.idk_filter):
                     kept = keep_best(
-                        e.backend, kept, rows, logits, snapshot(), sig, keep, criterion=cfg.criterion, idk_filter=cfg.idk_filter
+                        e.backend,
+                        kept,
+                        rows,
+                        logits,
+                        snapshot(),
+                        sig,
+                        keep,
+                        criterion=cfg.criterion,
+                        idk_filter=cfg.idk_filter,
                     )
             t0 = time.perf_counter()
             t_select += t0 - t1
@@ -335,31 +346,60 @@ class StateIndex:
                     yield rows, e.backend.stack([_to_device(s, e.device) for s in states])
 
     def _open_shard(self, name: str) -> ShardReader:
+        """A reader of shard ``name``; a vanished file is named "changed underneath you" when another save removed it
+        (no lease protected it), "corrupt" otherwise."""
         assert self._folder is not None, "a shard is read only from a saved or loaded index"
-        self._check_shard(name)
-        return ShardReader(self._folder / name, self.engine.backend.name)
-
-    def _check_shard(self, name: str) -> None:
-        """Re-hash a shard whose size or modification time changed since its checksum last matched."""
-        assert self._folder is not None
-        path, info = self._folder / name, self._shards[name]
         try:
-            st = path.stat()
-        except OSError as exc:
-            raise IndexCorruptError(f"index {self._folder}: shard {name} is missing or unreadable ({exc})") from exc
-        if self._verified.get(name) == (st.st_size, st.st_mtime_ns):
+            return ShardReader(self._folder / name, self.engine.backend.name, self._shards[name], verify=self._verify)
+        except FileNotFoundError:
+            raise self._vanished(name) from None
+
+    def _vanished(self, name: str) -> StateIndexError:
+        assert self._folder is not None
+        lease = self._lease
+        if lease is not None and not lease.protected and storage.current_generation(self._folder) != lease.generation:
+            return storage.changed_error(self._folder, lease.generation, f"shard {name}")
+        return IndexCorruptError(f"index {self._folder}: shard {name} is missing (deleted by hand?)")
+
+    def verify(self) -> None:
+        """Check every shard file of a saved or loaded index byte for byte against its sha256 (reads the whole index
+        once). Queries already check each row they read; this finds damage in rows no query has read yet.
+
+        Raises:
+            IndexCorruptError: a shard is missing, truncated or modified.
+        """
+        if self._folder is None:
             return
-        verify_shard(path, info)
-        self._verified[name] = (st.st_size, st.st_mtime_ns)
+        for name, info in self._shards.items():
+            path = self._folder / name
+            if not path.exists():
+                raise self._vanished(name)
+            storage.verify_shard(path, info)
+
+    def close(self) -> None:
+        """Release this index's hold on its folder's files (also done when it is garbage-collected). A later save
+        may then delete the shards of the generation it read; querying it afterwards can fail."""
+        if self._lease is not None:
+            self._lease.close()
+
+    def __enter__(self) -> StateIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- persistence ----------------------------------------------------------------------------------------------------
     def save(self, path: str | Path, *, shard_bytes: int = DEFAULT_SHARD_BYTES, lock_timeout_s: float = 60.0) -> None:
         """Write the index to the folder ``path``: safetensors shards of at most about ``shard_bytes`` and a JSON manifest.
 
-        Atomic: new shards get new names, and replacing ``manifest.json`` is the commit. An error or a crash before that
-        leaves the index that was there loadable and unchanged. Saving again to the same folder rewrites only what
-        changed (shards whose every chunk is still in the index are kept as they are). Shards no longer referenced are
-        deleted after the commit.
+        Only a new folder, an empty folder or an existing Overflow index (its marker file and a valid manifest) is
+        written into; anything else raises :class:`InputError` and is left untouched.
+
+        Atomic: the save writes a new generation (new shard files, a lease file), and replacing ``manifest.json`` is the
+        commit. An error or a crash before that leaves the index that was there loadable and unchanged. Saving again to
+        the same folder rewrites only what changed (shards whose every chunk is still in the index are kept). After the
+        commit, shards that no generation still read by some process needs are deleted; a generation that a reader
+        (a loaded ``StateIndex``, in any process) holds keeps its files until that reader is closed or gone.
 
         Afterwards the states live on disk only (memory is released), as in a loaded index; so ``add`` + ``save`` in a
         loop builds an index larger than RAM.
@@ -369,18 +409,27 @@ class StateIndex:
         :class:`IndexConflictError` when another writer committed there in between (load it again and redo the change),
         instead of silently dropping that writer's work.
         """
-        if shard_bytes < 1:
-            raise ConfigError(f"shard_bytes: expected a positive size, got {shard_bytes}")
+        if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, int) or shard_bytes < 1:
+            raise ConfigError(f"shard_bytes: expected a positive number of bytes, got {shard_bytes!r}")
+        if not isinstance(path, (str, Path)) or not str(path):
+            raise InputError(f"path: expected a folder path, got {path!r}")
         folder = Path(path)
-        check_target(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        with storage.writer_lock(folder, lock_timeout_s):
-            self._save_locked(folder, shard_bytes)
+        try:
+            storage.prepare_target(folder)
+            with storage.writer_lock(folder, lock_timeout_s):
+                storage.check_target(folder)  # again, under the lock: another writer may have been first
+                self._save_locked(folder, shard_bytes)
+        except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
+            raise InputError(f"path: cannot write the index into {str(folder)!r} ({exc.strerror or exc})") from exc
+        except OSError as exc:
+            if exc.errno == errno.EROFS:
+                raise InputError(f"path: cannot write the index into {str(folder)!r}: read-only file system") from exc
+            raise
 
     def _save_locked(self, folder: Path, shard_bytes: int) -> None:
         tag = uuid.uuid4().hex[:12]
         same = self._folder is not None and folder.resolve() == self._folder.resolve()
-        if same and self._checksum is not None and current_checksum(folder) != self._checksum:
+        if same and self._checksum is not None and storage.current_checksum(folder) != self._checksum:
             raise IndexConflictError(
                 f"index {folder} was changed by another writer since this index was loaded or saved there; nothing was "
                 "written. Load it again (StateIndex.load) and redo the change"
@@ -390,27 +439,21 @@ class StateIndex:
             if s.shard is not None:
                 alive[s.shard] = alive.get(s.shard, 0) + 1
         keep = {name for name, count in alive.items() if same and count == self._shards[name].rows}
-        for name in keep:
-            self._check_shard(name)
         written: list[ShardInfo] = []
         placed: dict[int, tuple[str, int]] = {}  # slot position -> (shard, row) of the new copy
-        pending: dict[str, torch.Tensor] = {}
-        pending_rows: list[int] = []
+        pending: list[dict[str, torch.Tensor]] = []
+        pending_slots: list[int] = []
         pending_bytes = 0
 
         def flush() -> None:
-            nonlocal pending, pending_rows, pending_bytes
-            if not pending_rows:
+            nonlocal pending, pending_slots, pending_bytes
+            if not pending:
                 return
-            from safetensors.torch import save as to_bytes
-
-            name = f"states-{tag}-{len(written):05d}.safetensors"
-            data = to_bytes(pending, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-            written.append(ShardInfo(file=name, sha256=storage.sha256(data), bytes=len(data), rows=len(pending_rows)))
-            storage.write_shard(folder / name, data)
-            for row, i in enumerate(pending_rows):
-                placed[i] = (name, row)
-            pending, pending_rows, pending_bytes = {}, [], 0
+            info = storage.write_shard(folder, storage.shard_name(tag, len(written)), pending)
+            written.append(info)
+            for row, i in enumerate(pending_slots):
+                placed[i] = (info.file, row)
+            pending, pending_slots, pending_bytes = [], [], 0
 
         try:
             readers: dict[str, ShardReader] = {}
@@ -425,8 +468,8 @@ class StateIndex:
                         if s.shard not in readers:
                             readers[s.shard] = self._open_shard(s.shard)
                         state = readers[s.shard].state(s.row)
-                    pending.update(state_to_tensors(state, len(pending_rows)))
-                    pending_rows.append(i)
+                    pending.append(state_to_tensors(state))
+                    pending_slots.append(i)
                     pending_bytes += state.nbytes
                     if pending_bytes >= shard_bytes:
                         flush()
@@ -434,30 +477,29 @@ class StateIndex:
             finally:
                 for reader in readers.values():
                     reader.close()
-            fsync_dir(folder)
+            storage.fsync_dir(folder)
             shards = [self._shards[name] for name in sorted(keep)] + written
             locations = {i: placed.get(i, (s.shard or "", s.row)) for i, s in enumerate(self._slots)}
-            checksum = storage.write_manifest(folder, self._manifest(shards, locations), tag)
+            checksum = storage.commit(folder, self._manifest(shards, locations), tag)
         except BaseException:
             for shard in written:
                 (folder / shard.file).unlink(missing_ok=True)
-            (folder / f"{MANIFEST}.tmp-{tag}").unlink(missing_ok=True)
+            for leftover in (f"{storage.MANIFEST}.tmp-{tag}", f"generation-{tag}.lease.tmp-{tag}"):
+                (folder / leftover).unlink(missing_ok=True)
             raise
-        # committed: the states now live in the shards (memory is released), and unreferenced files are deleted
+        # committed: the states now live in the shards (memory is released); hold the new generation, let go of the old
+        lease = storage.acquire_lease(folder, tag)
+        assert lease is not None, "the generation just committed under the writer lock cannot have been collected"
         for i, s in enumerate(self._slots):
             s.shard, s.row = locations[i]
             s.state = None
+        if self._lease is not None:
+            self._lease.close()
+        self._lease = lease
         self._folder = folder
         self._checksum = checksum
         self._shards = {s.file: s for s in shards}
-        for shard in written:
-            st = (folder / shard.file).stat()
-            self._verified[shard.file] = (st.st_size, st.st_mtime_ns)
-        self._verified = {k: v for k, v in self._verified.items() if k in self._shards}
-        for entry in folder.iterdir():
-            stale = SHARD_NAME.match(entry.name) and entry.name not in self._shards
-            if stale or TMP_MANIFEST.match(entry.name):
-                entry.unlink(missing_ok=True)
+        storage.collect_garbage(folder, tag, self._shards)
 
     def _manifest(self, shards: Sequence[ShardInfo], locations: Mapping[int, tuple[str, int]]) -> dict[str, Any]:
         e = self.engine
@@ -484,33 +526,68 @@ class StateIndex:
                 }
                 for i, s in enumerate(self._slots)
             ],
-            "shards": [{"file": s.file, "sha256": s.sha256, "bytes": s.bytes, "rows": s.rows} for s in shards],
+            "shards": [s.to_dict() for s in shards],
         }
 
     @classmethod
-    def load(cls, path: str | Path, engine: OPRM) -> StateIndex:
+    def load(cls, path: str | Path, engine: OPRM, *, verify: bool = True) -> StateIndex:
         """Open the index saved at ``path`` for ``engine``. States stay on disk and are read shard by shard per query.
+
+        The index read is one generation, whole: while this object is open, a save by anyone else (this process or
+        another) leaves that generation's files in place, so queries keep answering from what was loaded. Every row of
+        state is checked against its CRC-32 when a query reads it; ``verify=False`` skips that check (faster, and damage
+        done to the files after they were written is then not seen). :meth:`verify` checks every file in full.
 
         Raises:
             IndexMismatchError: the index was built with another model (config, weights or dtype), tokenizer, chunking
                 or prompt settings, or in another format version; the message names every difference. Rebuild it.
-            IndexCorruptError: the manifest or a shard is truncated, modified or missing (checksums do not match).
+            IndexCorruptError: the manifest or a shard is truncated, modified, missing or malformed.
+            IndexChangedError: writers replaced the index so often that no generation could be opened (rare).
         """
         folder = Path(path)
         if not folder.is_dir():
             raise InputError(f"path: expected a state index folder, {str(folder)!r} is not a folder")
-        manifest = read_manifest(folder)
-        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-            raise IndexMismatchError(
-                f"index {folder}: expected format {FORMAT!r} version {FORMAT_VERSION}, got "
-                f"{manifest.get('format')!r} version {manifest.get('format_version')!r}; rebuild the index with this "
-                "version of overflow"
-            )
-        current = {"model": model_info(engine), "tokenizer": tokenizer_info(engine.tokenizer), "settings": settings_info(engine)}
+        manifest, lease = cls._open_generation(folder)
+        try:
+            index = cls._from_manifest(folder, manifest, engine, lease)
+        except BaseException:
+            lease.close()
+            raise
+        index._verify = bool(verify)
+        return index
+
+    @staticmethod
+    def _open_generation(folder: Path, attempts: int = 50) -> tuple[dict[str, Any], Lease]:
+        """Read the manifest and take a lease on its generation; when a writer collected that generation in between,
+        read the manifest again (the new one is complete: its commit came first)."""
+        generation = ""
+        for attempt in range(attempts):
+            manifest = storage.read_manifest(folder)
+            generation = str(manifest["generation"])
+            lease = storage.acquire_lease(folder, generation)
+            if lease is not None:
+                if not (folder / storage.MARKER).exists():
+                    lease.close()
+                    raise IndexCorruptError(f"index {folder}: the marker file {storage.MARKER} is missing")
+                return manifest, lease
+            if storage.current_checksum(folder) == manifest["checksum"]:
+                raise IndexCorruptError(
+                    f"index {folder}: the lease file of generation {generation} is missing (copied without it?)"
+                )
+            time.sleep(0.002 * attempt)
+        raise storage.changed_error(folder, generation, f"{attempts} generations replaced while loading")
+
+    @classmethod
+    def _from_manifest(cls, folder: Path, manifest: dict[str, Any], engine: OPRM, lease: Lease) -> StateIndex:
+        current = {
+            "model": model_info(engine),
+            "tokenizer": tokenizer_info(engine.tokenizer),
+            "settings": settings_info(engine),
+        }
         try:
             diffs = differences(manifest, current)
         except (KeyError, TypeError, AttributeError) as exc:
-            raise IndexCorruptError(f"index {folder}: manifest lacks model, tokenizer or settings fields ({exc})") from exc
+            raise IndexCorruptError(f"index {folder}: malformed model, tokenizer or settings fields ({exc!r})") from exc
         if diffs:
             raise IndexMismatchError(
                 f"index {folder} was built for another model, tokenizer or settings than this engine: "
@@ -519,28 +596,30 @@ class StateIndex:
             )
         index = cls(engine)
         index._folder = folder
+        index._lease = lease
         index._checksum = str(manifest["checksum"])
-        try:
-            shards = [ShardInfo(str(s["file"]), str(s["sha256"]), int(s["bytes"]), int(s["rows"])) for s in manifest["shards"]]
-            index._shards = {s.file: s for s in shards}
-            for n, c in enumerate(manifest["chunks"]):
-                metadata = dict(c["metadata"])
-                chunk = Chunk(
-                    index=n,
-                    doc_index=int(c["doc_index"]),
-                    text=str(c["text"]),
-                    start=int(c["start"]),
-                    end=int(c["end"]),
-                    ids=tuple(int(t) for t in c["ids"]),
-                    metadata=metadata,
+        index._shards = {s.file: s for s in storage.shard_infos(manifest)}
+        for n, c in enumerate(manifest["chunks"]):
+            chunk = Chunk(
+                index=n,
+                doc_index=c["doc_index"],
+                text=c["text"],
+                start=c["start"],
+                end=c["end"],
+                ids=tuple(c["ids"]),
+                metadata=dict(c["metadata"]),
+            )
+            index._slots.append(
+                _Slot(chunk=chunk, tokens=c["tokens"], nbytes=c["bytes"], shard=c["shard"], row=c["row"])
+            )
+        index._documents = manifest["documents"]
+        for name, info in index._shards.items():  # cheap: sizes; the bytes are checked as they are read
+            try:
+                size = (folder / name).stat().st_size
+            except FileNotFoundError:
+                raise index._vanished(name) from None
+            if size != info.bytes:
+                raise IndexCorruptError(
+                    f"index {folder}: shard {name} has {size} bytes, expected {info.bytes} (truncated or overwritten)"
                 )
-                shard, row = str(c["shard"]), int(c["row"])
-                if shard not in index._shards or not 0 <= row < index._shards[shard].rows:
-                    raise IndexCorruptError(f"index {folder}: chunk {n} points at row {row} of unknown shard {shard!r}")
-                index._slots.append(_Slot(chunk=chunk, tokens=int(c["tokens"]), nbytes=int(c["bytes"]), shard=shard, row=row))
-            index._documents = int(manifest["documents"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IndexCorruptError(f"index {folder}: malformed manifest entry ({type(exc).__name__}: {exc})") from exc
-        for name in index._shards:
-            index._check_shard(name)
         return index
