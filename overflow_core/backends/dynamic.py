@@ -17,7 +17,15 @@ from typing import Any
 
 import torch
 
-from overflow_core.backends._compat import cache_from_output, cache_to_tensors, forward_accepts, tensors_to_cache
+from overflow_core.backends import ssd
+from overflow_core.backends._compat import (
+    cache_from_output,
+    cache_to_tensors,
+    forward_accepts,
+    is_kv,
+    is_sliding_kv,
+    tensors_to_cache,
+)
 from overflow_core.backends.base import State
 
 __all__ = ["DynamicCacheBackend", "DynamicCacheSession"]
@@ -41,6 +49,7 @@ class DynamicCacheBackend:
         self.attention = attention
         self.positions = forward_accepts(model, "position_ids")
         self.logits_to_keep = forward_accepts(model, "logits_to_keep")
+        self.fast_scan = False and ssd.install(model)  # Mamba-2 mixers run the library's SSD scan inside this backend's calls
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, model={type(self.model).__name__})"
@@ -64,7 +73,8 @@ class DynamicCacheBackend:
             kwargs["position_ids"] = positions
         if not all_logits and self.logits_to_keep:
             kwargs["logits_to_keep"] = 1
-        out = self.model(**kwargs)
+        with ssd.fast_scan(self.fast_scan):
+            out = self.model(**kwargs)
         logits = out.logits if all_logits else out.logits[:, -1]
         return logits, cache_from_output(out)
 
@@ -74,12 +84,20 @@ class DynamicCacheBackend:
             ids, cache=None, mask=mask, positions=_positions_from_mask(mask), all_logits=False
         )
         state = State(
-            tensors=cache_to_tensors(cache),
+            tensors=self._to_tensors(cache),
             lengths=mask.sum(-1).long().cpu(),
             mask=mask.clone() if self.attention else None,
             backend=self.name,
         )
         return logits, state
+
+    def _to_tensors(self, cache: Any) -> dict[str, torch.Tensor]:
+        """The state tensors of a cache the forward returned (see :func:`~overflow_core.backends._compat.cache_to_tensors`)."""
+        return cache_to_tensors(cache)
+
+    def _to_cache(self, tensors: dict[str, torch.Tensor], consumed: int) -> Any:
+        """A live cache holding ``tensors`` (used as they are) after ``consumed`` positions, padding included."""
+        return tensors_to_cache(self.model.config, tensors, consumed)
 
     # -- rows -----------------------------------------------------------------------------------------------------------
     def select(self, state: State, rows: Sequence[int]) -> State:
@@ -92,7 +110,7 @@ class DynamicCacheBackend:
             keep = int(mask.sum(0).nonzero().min()) if mask.any() else mask.shape[1]
             if keep > 0:  # drop leading columns that are padding in every selected row
                 mask = mask[:, keep:].clone()
-                tensors = {k: (t[:, :, keep:].clone() if _is_kv(k) else t) for k, t in tensors.items()}
+                tensors = {k: (_drop_front(k, t, mask.shape[1]) if is_kv(k) else t) for k, t in tensors.items()}
         return State(tensors=tensors, lengths=state.lengths[index].clone(), mask=mask, backend=self.name)
 
     def stack(self, states: Sequence[State]) -> State:
@@ -110,7 +128,7 @@ class DynamicCacheBackend:
         tensors: dict[str, torch.Tensor] = {}
         for key in states[0].tensors:
             parts = [s.tensors[key] for s in states]
-            if _is_kv(key):
+            if is_kv(key):  # sliding layers too: the longest holds min(width, window - 1), what the stack needs
                 width = max(p.shape[2] for p in parts)
                 parts = [torch.nn.functional.pad(p, (0, 0, width - p.shape[2], 0)) for p in parts]
             tensors[key] = torch.cat(parts, 0)
@@ -126,8 +144,11 @@ class DynamicCacheBackend:
             raise ValueError(f"state: expected a state of backend {self.name!r}, got one of {state.backend!r}")
 
 
-def _is_kv(name: str) -> bool:
-    return name.endswith((".k", ".v"))
+def _drop_front(name: str, kv: torch.Tensor, width: int) -> torch.Tensor:
+    """``kv [B, heads, T, dim]`` cut to the last positions a state of ``width`` consumed positions holds: all ``width``
+    of them for a full-attention layer, at most ``window - 1`` (what it held already) for a sliding-window layer."""
+    keep = min(kv.shape[2], width) if is_sliding_kv(name) else width
+    return kv[:, :, kv.shape[2] - keep :].clone()
 
 
 class DynamicCacheSession:
@@ -136,8 +157,11 @@ class DynamicCacheSession:
     def __init__(self, backend: DynamicCacheBackend, state: State) -> None:
         self.backend = backend
         tensors = {k: t.clone() for k, t in state.tensors.items()}
-        self.cache = tensors_to_cache(backend.model.config, tensors)
         self.lengths = state.lengths.clone()
+        consumed = (
+            state.mask.shape[1] if state.mask is not None else (int(self.lengths.max()) if self.lengths.numel() else 0)
+        )
+        self.cache = backend._to_cache(tensors, consumed)
         self.mask = state.mask.clone() if state.mask is not None else None
 
     def feed(self, ids: torch.Tensor, *, all_logits: bool = False) -> torch.Tensor:
@@ -167,6 +191,6 @@ class DynamicCacheSession:
         return outputs[-1]
 
     def state(self) -> State:
-        tensors = {k: t.clone() for k, t in cache_to_tensors(self.cache).items()}
+        tensors = {k: t.clone() for k, t in self.backend._to_tensors(self.cache).items()}
         mask = self.mask.clone() if self.mask is not None else None
         return State(tensors=tensors, lengths=self.lengths.clone(), mask=mask, backend=self.backend.name)
