@@ -49,7 +49,7 @@ class DynamicCacheBackend:
         self.attention = attention
         self.positions = forward_accepts(model, "position_ids")
         self.logits_to_keep = forward_accepts(model, "logits_to_keep")
-        self.fast_scan = False and ssd.install(model)  # Mamba-2 mixers run the library's SSD scan inside this backend's calls
+        self.fast_scan = ssd.install(model)  # Mamba-2 mixers run the library's SSD scan inside this backend's calls
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, model={type(self.model).__name__})"
