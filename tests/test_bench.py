@@ -265,6 +265,7 @@ def test_small_run_writes_json_and_markdown(engine: Any, tmp_path: Path) -> None
     assert saved["machine"]["usable_cpus"] >= 1 and saved["gemm"]["flops"] > 0
     page = (tmp_path / "bench_test.md").read_text()
     assert "| 600 | single |" in page and "## Prefill throughput" in page and "## Per-question latency" in page
+    assert "speedup_oprm_prefill" in result["throughput"] and "the baseline (transformers' SSD scan" in page
     assert [p.name for p in paths] == ["bench_test.json", "bench_test.md"]
     assert headline(result) == h
 
@@ -336,3 +337,30 @@ def test_pooled_headline_names_the_item_count_of_a_method_that_ran_on_fewer_item
     pooled = next(line for line in headline_lines({"headline": h}) if "pooled" in line)
     assert "(72 answerable items)" in pooled and "OPRM+index 25% (of 48 items)" in pooled
     assert "BM25 RAG 25%," in pooled, "methods that ran on every item carry no count"
+
+
+def test_baseline_prefill_is_the_prefill_before_issue_26_and_is_undone(engine: Any, monkeypatch: Any) -> None:
+    """Inside ``baseline_prefill`` the backend runs transformers' scan and the heap is trimmed after every micro-batch;
+    after it, the fast scan and the bounded trim are back. A baseline that changed nothing would compare a run with
+    itself, so both effects are checked."""
+    import overflow_core.prefill as prefill_module
+    from overflow_core.backends import ssd
+    from overflow_core.bench.scaling import baseline_prefill
+
+    oprm = engine("mamba2", max_batch_tokens=200)
+    assert oprm.backend.fast_scan, "the tiny Mamba-2 runs the library's scan by default"
+    trims: list[int] = []
+    scans: list[int] = []
+    monkeypatch.setattr(prefill_module, "release_freed_memory", lambda: trims.append(1) or True)
+    real = ssd.chunk_scan
+    monkeypatch.setattr(ssd, "chunk_scan", lambda *a, **k: scans.append(1) or real(*a, **k))
+    docs = [("word " * 400, {"source": "a"})]
+    with baseline_prefill(oprm):
+        assert oprm.backend.fast_scan is False
+        ranking = oprm.rank("What is it?", docs)
+    assert not scans and len(trims) >= 2, f"baseline: transformers' scan and a trim per batch ({len(trims)} trims)"
+    assert len(ranking.scores) > 2, "several chunks, so several micro-batches of 200 tokens"
+    trims.clear()
+    oprm.rank("What is it?", docs)
+    assert oprm.backend.fast_scan and scans, "after the block the fast scan is back"
+    assert len(trims) <= 1, "and the heap is trimmed only past its bound"

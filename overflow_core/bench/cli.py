@@ -219,6 +219,7 @@ def _throughput(argv: Sequence[str]) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--max-batch-tokens", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-baseline", action="store_true", help="skip the side-by-side run of the prefill before #26")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(list(argv))
     _quiet_transformers()
@@ -227,7 +228,7 @@ def _throughput(argv: Sequence[str]) -> int:
     settings = {"max_batch_tokens": args.max_batch_tokens} if args.max_batch_tokens else {}
     oprm = OPRM.from_pretrained(args.model, **settings)
     gemm = metrics.gemm_peak()
-    tp = throughput(oprm, args.tokens, reps=args.reps)
+    tp = throughput(oprm, args.tokens, reps=args.reps, baseline=not args.no_baseline)
     fpt = metrics.flops_per_token(oprm.model)
     tp["gemm_flops"] = gemm["flops"]
     tp["flops_per_token"] = fpt
@@ -244,6 +245,12 @@ def _throughput(argv: Sequence[str]) -> int:
               f"{tp[f'{key}_prefill_tokens_per_s']:>9,.0f} tok/s  roofline {100 * tp[f'{key}_roofline']:.1f}%")
     print(f"OPRM prefill time / vanilla prefill time: {tp['oprm_vs_vanilla_prefill_time']:.2f}; "
           f"tokens/s ratio {tp['oprm_vs_vanilla_tokens_per_s']:.2f}")
+    if "baseline" in tp:
+        print(f"baseline ({tp['baseline']}), interleaved run by run:")
+        for label, key in (("oprm (batched)", "oprm"), ("vanilla (1 sequence)", "vanilla")):
+            print(f"  {label:<22} {tp[f'baseline_{key}_prefill_s']:>7.3f} s  "
+                  f"{tp[f'baseline_{key}_prefill_tokens_per_s']:>9,.0f} tok/s  now x{tp[f'speedup_{key}_prefill']:.2f}")
+        print(f"  baseline OPRM prefill time / vanilla prefill time: {tp['baseline_oprm_vs_vanilla_prefill_time']:.2f}")
     return 0
 
 

@@ -153,6 +153,16 @@ def markdown(result: dict[str, Any], images: Sequence[str] = ()) -> str:
                  _f(tp["vanilla_prefill_tokens_per_s"], ",.0f"), _pct(tp["vanilla_roofline"])],
             ],
         )
+        if "baseline" in tp:
+            lines += ["", f"Side by side in the same run, the baseline ({tp['baseline']}):", ""]
+            lines += _table(
+                ["method", "baseline prefill s", "baseline tok/s", "speed-up now"],
+                [
+                    [name, _f(tp[f"baseline_{key}_prefill_s"], ".3f"), _f(tp[f"baseline_{key}_prefill_tokens_per_s"], ",.0f"),
+                     f"x{tp[f'speedup_{key}_prefill']:.2f}"]
+                    for name, key in (("oprm (batched chunks)", "oprm"), ("vanilla (one sequence)", "vanilla"))
+                ],
+            )
     q = result.get("questions")
     if q and "rows" in q:
         lines += [

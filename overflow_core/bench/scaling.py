@@ -18,12 +18,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from overflow_core.bench.memory import PeakRss, current_rss, max_rss
 
-__all__ = ["ALLOCATORS", "length_point", "question_scaling", "run_point", "throughput"]
+__all__ = ["ALLOCATORS", "baseline_prefill", "length_point", "question_scaling", "run_point", "throughput"]
 
 logger = logging.getLogger("overflow_core.bench")
 WARM_QUESTION = "What is the locker number of Alice Baker?"
@@ -133,43 +134,103 @@ def run_point(spec: dict[str, Any], timeout_s: float = 1800) -> dict[str, Any]:
     return result
 
 
-def throughput(oprm: Any, tokens: int, *, reps: int = 3, seed: int = 0) -> dict[str, Any]:
-    """Prefill tokens/s of batched OPRM (:meth:`OPRM.rank`) and of vanilla (one sequence) on the same input.
+@contextmanager
+def baseline_prefill(oprm: Any) -> Iterator[None]:
+    """Prefill as it was before the speed work of issue #26, for figures side by side in one run: transformers' own SSD
+    scan (not :mod:`overflow_core.backends.ssd`) and a heap trim after every micro-batch (not
+    :class:`~overflow_core.memory.HeapBound`'s trim past a bound). Not thread-safe: for benchmarks only."""
+    import overflow_core.prefill as prefill_module
 
-    Each is run ``reps`` times after a warm-up; medians are reported. Vanilla decodes one token (its prefill is what is
-    timed). ``oprm_prompt_tokens`` is larger than ``vanilla_prompt_tokens``: every chunk carries the prompt and question.
-    """
-    docs, question, measured = _haystack(oprm, tokens, seed)
-    oprm.rank(WARM_QUESTION, docs[:2])
-    oprm.answer(WARM_QUESTION, docs[:2], mode="vanilla", max_new_tokens=1)
+    backend = oprm.backend
+    fast = getattr(backend, "fast_scan", None)
+    rss = prefill_module.resident_bytes
+    if fast is not None:
+        backend.fast_scan = False
+    prefill_module.resident_bytes = lambda: None  # type: ignore[assignment]  # unknown size: HeapBound trims each batch
+    try:
+        yield
+    finally:
+        prefill_module.resident_bytes = rss  # type: ignore[assignment]
+        if fast is not None:
+            backend.fast_scan = fast
+
+
+def _prefill_runs(oprm: Any, docs: Any, question: str, reps: int) -> dict[str, Any]:
+    """``reps`` OPRM rank + vanilla prefill runs, interleaved: seconds and token counts."""
     o_pre, o_sel, v_pre = [], [], []
-    o_tok = v_tok = 0
+    o_tok = v_tok = padded = 0
     for _ in range(reps):
         r = oprm.rank(question, docs, k=1)
         o_pre.append(r.timings.prefill_s)
         o_sel.append(r.timings.select_s)
-        o_tok = r.usage.prompt_tokens
+        o_tok, padded = r.usage.prompt_tokens, r.usage.padded_tokens
         a = oprm.answer(question, docs, mode="vanilla", max_new_tokens=1)
         v_pre.append(a.timings.prefill_s)
         v_tok = a.usage.prompt_tokens
-    op, vp = statistics.median(o_pre), statistics.median(v_pre)
-    return {
+    return {"o_pre": o_pre, "o_sel": o_sel, "v_pre": v_pre, "o_tok": o_tok, "v_tok": v_tok, "padded": padded}
+
+
+def _extend(into: dict[str, Any], run: dict[str, Any]) -> None:
+    for key in ("o_pre", "o_sel", "v_pre"):
+        into[key].extend(run[key])
+    into.update({k: run[k] for k in ("o_tok", "v_tok", "padded")})
+
+
+def throughput(oprm: Any, tokens: int, *, reps: int = 3, seed: int = 0, baseline: bool = True) -> dict[str, Any]:
+    """Prefill tokens/s of batched OPRM (:meth:`OPRM.rank`) and of vanilla (one sequence) on the same input.
+
+    Each is run ``reps`` times after a warm-up; medians are reported. Vanilla decodes one token (its prefill is what is
+    timed). ``oprm_prompt_tokens`` is larger than ``vanilla_prompt_tokens``: every chunk carries the prompt and question.
+    With ``baseline``, the same runs again under :func:`baseline_prefill` (the prefill before issue #26), interleaved
+    with the current ones rep by rep so that both see the same machine: ``baseline_*`` figures and ``speedup_*`` ratios.
+    """
+    docs, question, measured = _haystack(oprm, tokens, seed)
+    oprm.rank(WARM_QUESTION, docs[:2])
+    oprm.answer(WARM_QUESTION, docs[:2], mode="vanilla", max_new_tokens=1)
+    now: dict[str, Any] = {"o_pre": [], "o_sel": [], "v_pre": []}
+    base: dict[str, Any] = {"o_pre": [], "o_sel": [], "v_pre": []}
+    for _ in range(reps):
+        _extend(now, _prefill_runs(oprm, docs, question, 1))
+        if baseline:
+            with baseline_prefill(oprm):
+                _extend(base, _prefill_runs(oprm, docs, question, 1))
+    op, vp = statistics.median(now["o_pre"]), statistics.median(now["v_pre"])
+    o_tok, v_tok = now["o_tok"], now["v_tok"]
+    out: dict[str, Any] = {
         "tokens": tokens,
         "context_tokens": measured,
         "reps": reps,
         "max_batch_tokens": oprm.config.max_batch_tokens,
         "oprm_prompt_tokens": o_tok,
+        "oprm_padded_tokens": now["padded"],
         "oprm_prefill_s": op,
-        "oprm_select_s": statistics.median(o_sel),
+        "oprm_select_s": statistics.median(now["o_sel"]),
         "oprm_prefill_tokens_per_s": o_tok / op,
         "vanilla_prompt_tokens": v_tok,
         "vanilla_prefill_s": vp,
         "vanilla_prefill_tokens_per_s": v_tok / vp,
         "oprm_vs_vanilla_prefill_time": op / vp,
         "oprm_vs_vanilla_tokens_per_s": (o_tok / op) / (v_tok / vp),
-        "oprm_prefill_runs_s": o_pre,
-        "vanilla_prefill_runs_s": v_pre,
+        "oprm_prefill_runs_s": now["o_pre"],
+        "vanilla_prefill_runs_s": now["v_pre"],
     }
+    if baseline:
+        bop, bvp = statistics.median(base["o_pre"]), statistics.median(base["v_pre"])
+        out.update(
+            {
+                "baseline": "transformers' SSD scan and a heap trim after every micro-batch (before issue #26)",
+                "baseline_oprm_prefill_s": bop,
+                "baseline_oprm_prefill_tokens_per_s": o_tok / bop,
+                "baseline_vanilla_prefill_s": bvp,
+                "baseline_vanilla_prefill_tokens_per_s": v_tok / bvp,
+                "baseline_oprm_vs_vanilla_prefill_time": bop / bvp,
+                "speedup_oprm_prefill": bop / op,
+                "speedup_vanilla_prefill": bvp / vp,
+                "baseline_oprm_prefill_runs_s": base["o_pre"],
+                "baseline_vanilla_prefill_runs_s": base["v_pre"],
+            }
+        )
+    return out
 
 
 def question_scaling(
