@@ -7,34 +7,144 @@ neither holds any tensor math.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.runnables.config import run_in_executor
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from overflow_core import OPRM
+from langchain_overflow._engines import EngineIdentity, identify, load_engine
+from overflow_core import OPRM, OPRMConfig
 from overflow_core.chunking import encode_text
 from overflow_core.decode import Generation
 
-__all__ = ["OverflowGenerationParams", "generation_info", "iterate_in_thread", "usage"]
+__all__ = ["EngineSource", "OverflowGenerationParams", "generation_info", "iterate_in_thread", "usage"]
 
 T = TypeVar("T")
 
 _PER_CALL = ("temperature", "max_tokens", "top_k", "top_p", "seed")
+_ENGINE_SETTINGS = frozenset(f.name for f in fields(OPRMConfig))
+_HINTS = {"max_new_tokens": "max_tokens", "max_length": "max_tokens", "n_ctx": None, "model_name": "model",
+          "model_id": "model", "model_path": "model", "random_seed": "seed"}  # fmt: skip
+_REMOTE = frozenset({"timeout", "request_timeout", "max_retries", "api_key", "base_url", "api_base", "organization"})
 
 
-class OverflowGenerationParams(BaseModel):
+def _unknown_field(cls: type[BaseModel], name: str) -> str:
+    """The message for a constructor keyword that is no field of ``cls``: the closest field, or where it belongs."""
+    known = {f.alias or n for n, f in cls.model_fields.items()} | set(cls.model_fields)
+    known = {k for k in known if not k.startswith("_") and not k.endswith("_")} | {"engine"}
+    where = f"{name!r} is not a setting of {cls.__name__}"
+    if name in _REMOTE:
+        return f"{where}: it runs the model in this process, there is no request to time out, retry or authenticate"
+    hint = _HINTS.get(name)
+    if hint in known:
+        return f"{where}; did you mean {hint}=?"
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    if close:
+        return f"{where}; did you mean {close[0]}=?"
+    if name in _ENGINE_SETTINGS:
+        return (
+            f"{where}: it is an engine setting; give it to the engine that loads the model "
+            f"({cls.__name__}.from_pretrained(name_or_path, {name}=...), engine_kwargs={{{name!r}: ...}} with model=, "
+            f"or OPRM.from_pretrained(..., {name}=...))"
+        )
+    return f"{where}; expected some of {', '.join(sorted(known))}"
+
+
+class EngineSource(BaseModel):
+    """Where a class gets its engine: ``engine=`` (one already loaded) or ``model=`` (loaded on first use, shared).
+
+    ``model`` is a model folder or hub id (None: the bundled model) and ``engine_kwargs`` the keyword arguments for
+    :meth:`overflow_core.OPRM.from_pretrained`; classes built from the same ``model`` and ``engine_kwargs`` share one
+    engine, and so one state cache. Unknown constructor arguments are refused, naming the closest field.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", populate_by_name=True)
+
+    engine_: OPRM | None = Field(default=None, alias="engine", exclude=True, repr=False)
+    """The engine (``engine=``); None until first use when built from ``model=``."""
+    model: str | None = None
+    """The model folder or hub id the engine is loaded from (``None`` and no ``engine``: the bundled model). With
+    ``engine=`` it defaults to the engine's name, and must name that engine if given."""
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for ``OPRM.from_pretrained`` when the engine is loaded from ``model`` (settings such as
+    ``chunk_tokens``, and loader options such as ``device``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            fields_ = cls.model_fields
+            allowed = set(fields_) | {f.alias for f in fields_.values() if f.alias}
+            for name in data:
+                if name not in allowed:
+                    raise ValueError(_unknown_field(cls, str(name)))
+        return data
+
+    @field_validator("engine_", mode="before")
+    @classmethod
+    def _check_engine(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, OPRM):
+            hint = (
+                "; to load a model by folder or hub id, use model= or from_pretrained()"
+                if isinstance(value, str)
+                else ""
+            )
+            raise ValueError(f"engine: expected an overflow_core.OPRM engine, got {type(value).__name__}{hint}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_engine_source(self) -> EngineSource:
+        if self.engine_ is None:
+            return self
+        if self.engine_kwargs:
+            raise ValueError(
+                f"engine_kwargs: used only to load the engine from model=; got an engine as well "
+                f"({sorted(self.engine_kwargs)} would be ignored)"
+            )
+        identity = identify(self.engine_)
+        if self.model is None:
+            self.model = self.engine_.name
+        elif not _serves(self.model, identity):
+            raise ValueError(
+                f"model: this engine serves {identity.name!r} ({identity.source}); got model={self.model!r}. "
+                "Give engine= or model=, not two different models"
+            )
+        return self
+
+    @property
+    def engine(self) -> OPRM:
+        """The engine (loaded now, through the shared loader, if this instance was built from ``model=``)."""
+        engine = self.engine_
+        if engine is None:
+            engine = load_engine(self.model, self.engine_kwargs)
+            self.engine_ = engine
+        return engine
+
+    @property
+    def identity(self) -> EngineIdentity:
+        """Which checkpoint and settings the engine holds (loads the engine if needed)."""
+        return identify(self.engine)
+
+
+def _serves(model: str, identity: EngineIdentity) -> bool:
+    """Whether ``model`` names the engine of ``identity``: its name, its folder (any path to it), ``name@fingerprint``."""
+    if model in (identity.name, identity.source, identity.model_name):
+        return True
+    try:
+        return str(Path(model).expanduser().resolve()) == identity.source
+    except (OSError, ValueError):
+        return False
+
+
+class OverflowGenerationParams(EngineSource):
     """Decoding settings of :class:`ChatOverflow` and :class:`OverflowLLM`; every one can also be given per call."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    engine: OPRM = Field(exclude=True, repr=False)
-    """The engine that ranks and decodes; share it with :class:`OverflowRetriever` for the state handoff."""
-    model: str = ""
-    """The model's name (reported as ``response_metadata["model_name"]``); defaults to the engine's."""
     temperature: float = 0.0
     """0 is greedy decoding."""
     max_tokens: int | None = None
@@ -45,24 +155,56 @@ class OverflowGenerationParams(BaseModel):
     """Strings that end the output (not included in it); added to the engine's own stop strings."""
     seed: int | None = None
     """Seeds sampling when ``temperature > 0``."""
+    strict_handoff: bool = False
+    """Raise :class:`HandoffError` instead of warning :class:`HandoffWarning` when a call ran its whole prompt although
+    it could have continued a recent retrieval's state (see docs/langchain.md, "How the handoff works")."""
 
-    @model_validator(mode="after")
-    def _default_model_name(self) -> OverflowGenerationParams:
-        if not self.model:
-            self.model = self.engine.name
-        return self
+    @classmethod
+    def from_pretrained(cls, name_or_path: Any = None, **kwargs: Any) -> Any:
+        """Load ``name_or_path`` (a model folder, a hub id; None: the bundled model) now, and build the class on it.
+
+        Keywords that are fields of this class (``temperature``, ``max_tokens``, ``stop``, ``callbacks``, ...) set them;
+        every other keyword goes to :meth:`overflow_core.OPRM.from_pretrained` (engine settings such as
+        ``chunk_tokens`` or ``max_new_tokens``, loader options such as ``device`` or ``dtype``). Classes loaded from
+        the same path and settings share one engine (``instance.engine``); build a retriever on it for the handoff.
+
+        Example:
+            >>> chat = ChatOverflow.from_pretrained(None, chunk_tokens=256, max_tokens=16)  # doctest: +SKIP
+            >>> retriever = OverflowRetriever.from_documents(docs, chat.engine)  # doctest: +SKIP
+        """
+        own = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
+        for name in kwargs:
+            if name not in own and name not in _ENGINE_SETTINGS:
+                close = difflib.get_close_matches(name, sorted(own | _ENGINE_SETTINGS), n=1, cutoff=0.8)
+                if close:  # a misspelt field or setting; anything else may be a loader option (revision=, ...)
+                    raise TypeError(
+                        f"{cls.__name__}.from_pretrained: unexpected keyword {name!r}; did you mean {close[0]}=?"
+                    )
+        if "engine" in kwargs or "engine_kwargs" in kwargs:
+            raise TypeError(f"{cls.__name__}.from_pretrained: engine/engine_kwargs: give settings as keywords instead")
+        fields_ = {k: v for k, v in kwargs.items() if k in own}
+        settings = {k: v for k, v in kwargs.items() if k not in own}
+        engine = load_engine(name_or_path, settings)
+        model = str(name_or_path) if name_or_path is not None else engine.name
+        return cls(engine=engine, model=_display_model(model, engine), **fields_)
+
+    @property
+    def _model_name(self) -> str:
+        """``name@fingerprint``: what ``ls_model_name`` and ``response_metadata["model_name"]`` report."""
+        return self.identity.model_name
 
     def _decoding(self, stop: Sequence[str] | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
         """``OPRM.complete`` keyword arguments from the fields, the call's ``stop`` and the call's overrides."""
         unknown = set(overrides) - {*_PER_CALL, "model"}
         if unknown:
             raise TypeError(f"unexpected keyword arguments {sorted(unknown)}; expected some of {sorted(_PER_CALL)}")
-        if overrides.get("model", self.model) != self.model:
+        if "model" in overrides and overrides["model"] != self.model and not _serves(overrides["model"], self.identity):
             raise ValueError(
                 f"model: this instance serves {self.model!r} (one engine, one model); got {overrides['model']!r}"
             )
+        engine = self.engine
         values = {name: overrides.get(name, getattr(self, name)) for name in _PER_CALL}
-        stops = [*self.engine.config.stop, *(stop if stop is not None else self.stop or [])]
+        stops = [*engine.config.stop, *(stop if stop is not None else self.stop or [])]
         decoding: dict[str, Any] = {
             "temperature": values["temperature"],
             "max_new_tokens": values["max_tokens"],
@@ -84,11 +226,29 @@ class OverflowGenerationParams(BaseModel):
 
         ``lstrip``: see :meth:`overflow_core.OPRM.complete` (chat replies pass ``True``).
         """
-        return self.engine.complete(prompt_ids, lstrip=lstrip, **self._decoding(stop, overrides))
+        decoding = self._decoding(stop, overrides)
+        return self.engine.complete(prompt_ids, lstrip=lstrip, **decoding)
+
+    def _params(self) -> dict[str, Any]:
+        """The identifying parameters: the checkpoint and settings loaded (fingerprint) and the decoding fields."""
+        return {
+            "model": self.model,
+            "model_fingerprint": self.identity.fingerprint,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
 
     def get_token_ids(self, text: str) -> list[int]:
         """The engine tokenizer's ids for ``text`` (LangChain's default would load GPT-2's tokenizer)."""
         return list(encode_text(self.engine.tokenizer, text))
+
+
+def _display_model(model: str, engine: OPRM) -> str:
+    """``model`` as given when it names the engine, else the engine's name (a relative path resolved, say)."""
+    return model if _serves(model, identify(engine)) else engine.name
 
 
 def usage(prompt_ids: Sequence[int], generation: Generation) -> UsageMetadata:
@@ -104,7 +264,7 @@ def usage(prompt_ids: Sequence[int], generation: Generation) -> UsageMetadata:
     return cast("UsageMetadata", counts)
 
 
-def generation_info(model: str, generation: Generation) -> dict[str, Any]:
+def generation_info(model: str, generation: Generation) -> dict[str, Any]:  # model: name@fingerprint
     """What a response's metadata reports about one generation."""
     return {
         "model_name": model,

@@ -64,13 +64,13 @@ def test_the_chunk_with_the_answer_comes_first(retriever: OverflowRetriever) -> 
     assert len(out) == 4
     top = out[0]
     assert top.metadata["source"] == "needle.txt" and NEEDLE in top.page_content, [d.metadata for d in out]
-    assert top.metadata["not_found"] is False and top.metadata["rank"] == 0
+    assert top.metadata["overflow"]["not_found"] is False and top.metadata["overflow"]["rank"] == 0
     assert top.metadata["kind"] == "fixture", "source metadata is kept"
-    answering = [d for d in out if not d.metadata["not_found"]]
-    abstaining = [d for d in out if d.metadata["not_found"]]
+    answering = [d for d in out if not d.metadata["overflow"]["not_found"]]
+    abstaining = [d for d in out if d.metadata["overflow"]["not_found"]]
     assert out == answering + abstaining, "abstaining chunks rank after every answering chunk"
     for group in (answering, abstaining):
-        scores = [d.metadata["score"] for d in group]
+        scores = [d.metadata["overflow"]["score"] for d in group]
         assert scores == sorted(scores, reverse=True), "within each group, higher score ranks first"
 
 
@@ -120,8 +120,8 @@ def test_retriever_tool_artifact_keeps_the_scores(retriever: OverflowRetriever) 
     message = tool.invoke({"type": "tool_call", "name": "search_records", "args": {"query": QUESTION}, "id": "1"})
     assert NEEDLE in message.content
     assert message.artifact[0].metadata["source"] == "needle.txt"
-    assert message.artifact[0].metadata["score"] == max(
-        d.metadata["score"] for d in message.artifact if not d.metadata["not_found"]
+    assert message.artifact[0].metadata["overflow"]["score"] == max(
+        d.metadata["overflow"]["score"] for d in message.artifact if not d.metadata["overflow"]["not_found"]
     )
 
 
@@ -132,4 +132,4 @@ def test_reranker_puts_the_answering_sentence_first(bundled: OPRM, docs: list[Do
             candidates.append(Document(page_content=sentence, metadata={**doc.metadata, "sentence": i}))
     out = OverflowReranker(engine=bundled, top_n=3).compress_documents(candidates, QUESTION)
     assert "Alice Baker is 4412" in out[0].page_content and out[0].metadata["source"] == "needle.txt"
-    assert out[0].metadata["not_found"] is False
+    assert out[0].metadata["overflow"]["not_found"] is False

@@ -47,6 +47,15 @@ class TestChatOverflowStandard(ChatModelIntegrationTests):
         return {"engine": tiny_engine()}
 
     @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        # the suite's defaults less timeout, max_retries and api_key: the model runs in this process (no request to
+        # time out, retry or authenticate), and ChatOverflow refuses settings it would ignore
+        params = dict(super().standard_chat_model_params)
+        for name in ("timeout", "max_retries", "api_key"):
+            params.pop(name, None)
+        return params
+
+    @property
     def supports_model_override(self) -> bool:
         return False  # one engine serves one model
 

@@ -33,7 +33,8 @@ def test_invoke_reports_text_usage_and_model_name(engine: OPRM) -> None:
     assert msg.usage_metadata["input_tokens"] == len(prompt)
     assert msg.usage_metadata["output_tokens"] == len(ref.token_ids)
     assert msg.usage_metadata["total_tokens"] == len(prompt) + len(ref.token_ids)
-    assert chat.model == engine.name and msg.response_metadata["model_name"] == engine.name
+    assert chat.model == engine.name
+    assert msg.response_metadata["model_name"].startswith(f"{engine.name}@"), "name@fingerprint of what was loaded"
     assert msg.response_metadata["finish_reason"] == ref.finish_reason
 
 
@@ -60,7 +61,7 @@ def test_stream_is_incremental(engine: OPRM, monkeypatch: pytest.MonkeyPatch) ->
     assert len(rest) >= 2 and rest[-1].chunk_position == "last"
     assert full.content == chat.invoke("Hello").content
     assert full.usage_metadata is not None and full.usage_metadata["output_tokens"] == len(generations[0].token_ids)
-    assert full.response_metadata["model_name"] == engine.name
+    assert full.response_metadata["model_name"] == chat.invoke("Hello").response_metadata["model_name"]
 
 
 def test_stream_calls_on_llm_new_token_per_piece(engine: OPRM) -> None:
@@ -136,7 +137,7 @@ def test_llm_invoke_stream_generate(engine: OPRM) -> None:
     pieces = list(llm.stream(prompt))
     assert "".join(pieces) == text and len([p for p in pieces if p]) >= 2
     info = llm.generate([prompt]).generations[0][0].generation_info
-    assert info is not None and info["model_name"] == engine.name
+    assert info is not None and info["model_name"].startswith(f"{engine.name}@")
     assert info["usage"]["input_tokens"] == len(engine.encode_prompt(prompt))
     assert info["usage"]["output_tokens"] == len(ref.token_ids)
     stop = text[2:4]

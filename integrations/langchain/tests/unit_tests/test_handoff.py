@@ -110,7 +110,8 @@ def test_retriever_tool_returns_scores_as_artifact(engine: OPRM, retriever: Over
     assert isinstance(message, ToolMessage) and message.tool_call_id == "call-1"
     docs = message.artifact
     assert [d.page_content for d in docs] == [d.page_content for d in retriever.invoke(QUESTION)]
-    assert all({"score", "entropy", "rank", "not_found", "start", "end", "source"} <= set(d.metadata) for d in docs)
+    assert all({"score", "entropy", "rank", "not_found", "start", "end"} <= set(d.metadata["overflow"]) for d in docs)
+    assert all("source" in d.metadata for d in docs)
     assert docs[0].page_content in message.content
 
 
@@ -120,7 +121,13 @@ def test_prompt_helpers(engine: OPRM) -> None:
     assert overflow_prompt(engine, [top, Document(page_content="other")], QUESTION) == expected
     assert overflow_prompt(engine, top, QUESTION) == overflow_prompt(engine, top.page_content, QUESTION) == expected
     value = overflow_rag_prompt(engine).invoke({"context": [top], "question": QUESTION})
-    assert [(m.type, m.content) for m in value.to_messages()] == [("human", expected)]
+    [message] = value.to_messages()
+    assert message.type == "human" and top.page_content in message.text and QUESTION in message.text
+    specials = [t for t in engine.tokenizer.all_special_tokens if t in message.text]
+    assert not specials, f"the human message carries the chat template's own tokens: {specials}"
+    assert ChatOverflow(engine=engine)._prompt_ids([message]) == engine.encode_prompt(expected), (
+        "the chat model must map the message to exactly the ids the engine scored"
+    )
     assert format_docs_for(engine).invoke({"context": [top], "question": QUESTION}) == expected
     with pytest.raises(ValueError, match="context: expected at least one Document"):
         overflow_prompt(engine, [], QUESTION)

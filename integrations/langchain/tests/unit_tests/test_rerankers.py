@@ -30,15 +30,18 @@ def candidates() -> list[Document]:
 
 def test_relevance_score_order_and_kept_metadata(engine: OPRM, candidates: list[Document]) -> None:
     ranking = engine.rank(QUESTION, [d.page_content for d in candidates])
-    out = OverflowReranker(engine=engine, top_n=5).compress_documents(candidates, QUESTION)
+    out = OverflowReranker(engine=engine, top_n=5, relevance_score=True).compress_documents(candidates, QUESTION)
     assert [d.page_content for d in out] == [candidates[s.chunk.doc_index].page_content for s in ranking.scores[:5]]
+    relevances = [d.metadata["relevance_score"] for d in out]
+    assert relevances == sorted(relevances, reverse=True) and all(0.0 <= r <= 1.0 for r in relevances)
     for doc, score in zip(out, ranking.scores, strict=False):
         source = candidates[score.chunk.doc_index]
         assert doc.id == source.id
-        assert {k: v for k, v in doc.metadata.items() if k not in ("relevance_score", "not_found")} == source.metadata
-        assert doc.metadata["relevance_score"] == pytest.approx(score.score)
-        assert doc.metadata["not_found"] is score.idk
-    assert "relevance_score" not in candidates[0].metadata, "the input documents must not be modified"
+        assert {k: v for k, v in doc.metadata.items() if k not in ("relevance_score", "overflow")} == source.metadata
+        assert doc.metadata["overflow"]["score"] == pytest.approx(score.score)
+        assert doc.metadata["overflow"]["not_found"] is score.idk
+        assert (doc.metadata["relevance_score"] > 0.5) is (not score.idk)
+    assert "overflow" not in candidates[0].metadata, "the input documents must not be modified"
 
 
 def test_top_n(engine: OPRM, candidates: list[Document]) -> None:
@@ -56,7 +59,7 @@ def test_a_long_candidate_is_scored_by_its_best_chunk(engine: OPRM) -> None:
     assert sorted(d.metadata.get("source", "") for d in out) == ["", "long"], "each candidate appears once"
     best = engine.rank(QUESTION, [long_text]).scores[0]
     long_doc = next(d for d in out if d.metadata.get("source") == "long")
-    assert long_doc.metadata["relevance_score"] == pytest.approx(best.score, abs=1e-4)
+    assert long_doc.metadata["overflow"]["score"] == pytest.approx(best.score, abs=1e-4)
 
 
 def test_large_candidate_sets_are_prefilled_in_token_budgeted_batches(engine: OPRM, candidates: list[Document]) -> None:
@@ -75,8 +78,8 @@ def test_large_candidate_sets_are_prefilled_in_token_budgeted_batches(engine: OP
     assert len(batches) > 1 and all(rows * length <= budget for rows, length in batches), batches
     # same scores per document (padding and batch size change float rounding only); the order may differ only
     # between candidates whose scores tie within that rounding (the corpus repeats some sentences word for word)
-    whole_scores = {d.id: d.metadata["relevance_score"] for d in whole}
-    assert {d.id: pytest.approx(d.metadata["relevance_score"], abs=1e-4) for d in batched} == whole_scores
+    whole_scores = {d.id: d.metadata["overflow"]["score"] for d in whole}
+    assert {d.id: pytest.approx(d.metadata["overflow"]["score"], abs=1e-4) for d in batched} == whole_scores
 
 
 async def test_in_contextual_compression_retriever(engine: OPRM, candidates: list[Document]) -> None:
@@ -94,4 +97,4 @@ async def test_in_contextual_compression_retriever(engine: OPRM, candidates: lis
     expected = OverflowReranker(engine=engine, top_n=3).compress_documents(candidates, QUESTION)
     for out in (retriever.invoke(QUESTION), await retriever.ainvoke(QUESTION)):
         assert [d.id for d in out] == [d.id for d in expected]
-        assert all("relevance_score" in d.metadata and d.metadata["bm25"] == 1.0 for d in out)
+        assert all("overflow" in d.metadata and d.metadata["bm25"] == 1.0 for d in out)

@@ -30,19 +30,19 @@ def test_documents_carry_source_metadata_and_scores(engine: OPRM, docs: list[Doc
         chunk = score.chunk
         source = docs[chunk.doc_index]
         assert doc.page_content == chunk.text
-        assert source.page_content[doc.metadata["start"] : doc.metadata["end"]] == doc.page_content, (
-            "span must locate the chunk"
-        )
+        assert (
+            source.page_content[doc.metadata["overflow"]["start"] : doc.metadata["overflow"]["end"]] == doc.page_content
+        ), "span must locate the chunk"
         assert doc.metadata["source"] == source.metadata["source"]
-        assert doc.metadata["rank"] == rank
-        assert doc.metadata["score"] == pytest.approx(-doc.metadata["entropy"])
-        assert doc.metadata["entropy"] == pytest.approx(score.entropy)
-        assert doc.metadata["not_found"] is score.idk
-        assert doc.metadata["not_found_prob"] == pytest.approx(score.not_found_prob)
-        assert 0.0 < doc.metadata["not_found_prob"] < 1.0
-        assert doc.metadata["doc_index"] == chunk.doc_index
-        assert doc.metadata["chunk_index"] == chunk.index
-    answering = [d.metadata["score"] for d in out if not d.metadata["not_found"]]
+        assert doc.metadata["overflow"]["rank"] == rank
+        assert doc.metadata["overflow"]["score"] == pytest.approx(-doc.metadata["overflow"]["entropy"])
+        assert doc.metadata["overflow"]["entropy"] == pytest.approx(score.entropy)
+        assert doc.metadata["overflow"]["not_found"] is score.idk
+        assert doc.metadata["overflow"]["not_found_prob"] == pytest.approx(score.not_found_prob)
+        assert 0.0 < doc.metadata["overflow"]["not_found_prob"] < 1.0
+        assert doc.metadata["overflow"]["doc_index"] == chunk.doc_index
+        assert doc.metadata["overflow"]["chunk_index"] == chunk.index
+    answering = [d.metadata["overflow"]["score"] for d in out if not d.metadata["overflow"]["not_found"]]
     assert answering == sorted(answering, reverse=True), "answering chunks must come best (highest score) first"
 
 
@@ -56,7 +56,7 @@ def test_k_in_constructor_and_per_call(engine: OPRM, docs: list[Document]) -> No
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"documents": []}, "documents: expected at least one Document"),
+        ({"documents": []}, "documents: expected at least one non-empty Document"),
         ({"k": 0}, "k: expected a positive number"),
         ({"index": object()}, "documents / index: expected one of them"),
     ],
@@ -66,8 +66,8 @@ def test_bad_arguments_name_the_argument(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         OverflowRetriever(**{"engine": engine, "documents": docs, **kwargs})
-    with pytest.raises(ValueError, match="engine: expected"):
-        OverflowRetriever(documents=docs)
+    with pytest.raises(ValueError, match=r"engine: expected an overflow_core\.OPRM engine, got str"):
+        OverflowRetriever(engine="path/to/model", documents=docs)
 
 
 def test_text_splitter_output_and_from_texts(engine: OPRM) -> None:
@@ -130,11 +130,11 @@ def test_index_is_used_in_place_of_documents(engine: OPRM, docs: list[Document])
     # A random model's near-uniform rows tie to the 6th decimal, so two chunks may swap places between the two paths:
     # each chunk from the index must carry the engine's score for that chunk, and each rank the same score on both paths.
     for a, b in zip(from_index, from_docs, strict=True):
-        ref = engine_scores[(a.metadata["source"], a.metadata["start"])]
+        ref = engine_scores[(a.metadata["source"], a.metadata["overflow"]["start"])]
         assert a.page_content == ref.chunk.text
-        assert a.metadata["entropy"] == pytest.approx(ref.entropy, abs=RANKING_ATOL)
-        assert a.metadata["entropy"] == pytest.approx(b.metadata["entropy"], abs=RANKING_ATOL)
-        assert a.metadata["not_found"] is b.metadata["not_found"] is ref.idk
+        assert a.metadata["overflow"]["entropy"] == pytest.approx(ref.entropy, abs=RANKING_ATOL)
+        assert a.metadata["overflow"]["entropy"] == pytest.approx(b.metadata["overflow"]["entropy"], abs=RANKING_ATOL)
+        assert a.metadata["overflow"]["not_found"] is b.metadata["overflow"]["not_found"] is ref.idk
 
 
 def test_any_object_with_rank_works_as_an_index(engine: OPRM, docs: list[Document]) -> None:
