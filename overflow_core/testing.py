@@ -300,6 +300,28 @@ _TINY: dict[str, dict[str, Any]] = {
         step_kernel="native",
     ),
 }
+_INKLING: dict[str, Any] = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    swa_num_attention_heads=4,
+    swa_num_key_value_heads=2,
+    swa_head_dim=16,
+    sliding_window_size=8,
+    layer_types=["hybrid_sliding", "hybrid"],
+    mlp_layer_types=["dense", "sparse"],
+    intermediate_size=64,
+    moe_intermediate_size=32,
+    n_routed_experts=2,
+    num_experts_per_tok=1,
+    n_shared_experts=1,
+    rel_extent=32,
+    d_rel=4,
+    logits_mup_width_multiplier=1.0,
+)
+_TINY["inkling_text"] = _INKLING
 _TINY["qwen3_5"] = _TINY["qwen3_5_text"]  # wrapper model types: the text model AutoModelForCausalLM builds from them
 _TINY["qwen3_5_moe"] = _TINY["qwen3_5_moe_text"]
 _WRAPPED = {"qwen3_5": "qwen3_5_text", "qwen3_5_moe": "qwen3_5_moe_text"}
