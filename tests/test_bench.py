@@ -364,3 +364,19 @@ def test_baseline_prefill_is_the_prefill_before_issue_26_and_is_undone(engine: A
     oprm.rank("What is it?", docs)
     assert oprm.backend.fast_scan and scans, "after the block the fast scan is back"
     assert len(trims) <= 1, "and the heap is trimmed only past its bound"
+
+
+def test_gpu_bench_dry_runs_on_the_cpu_with_the_kernels_blocked(model_dir: Any, tmp_path: Path) -> None:
+    """``oprm bench gpu`` end to end where there is no GPU: a child process per configuration, the kernels blocked in
+    the 'off' one (so a machine that has them measures the torch path there), figures written as JSON."""
+    from overflow_core.bench.gpu import main as gpu_main
+
+    out = tmp_path / "gpu.json"
+    assert gpu_main(["--model", str(model_dir("mamba2")), "--tokens", "300", "--kernels", "off", "--reps", "1",
+                     "--out", str(out)]) == 0  # fmt: skip
+    (result,) = json.loads(out.read_text())
+    assert result["kernels"] == "off" and not any(result["kernels_importable"].values())
+    assert result["device"].startswith("cpu (dry run") and result["dtype"] == "float32"
+    (point,) = result["points"]
+    assert point["oprm_prompt_tokens"] > point["vanilla_prompt_tokens"] > 200 and point["oprm_rank_s"] > 0
+    assert gpu_main(["--kernels", "sideways"]) == 2

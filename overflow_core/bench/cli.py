@@ -56,7 +56,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="oprm bench",
         description="Benchmark OPRM against vanilla inference, OPRM + state index, embedding RAG and BM25 RAG.",
-        epilog="Other commands: 'oprm bench rank-memory --help', 'oprm bench throughput --help'.",
+        epilog="Other commands: 'oprm bench rank-memory --help', 'oprm bench throughput --help', "
+        "'oprm bench gpu --help'.",
     )
     p.add_argument("--quick", action="store_true", help="a small run (about 3 minutes on 2 cores)")
     p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
@@ -254,7 +255,13 @@ def _throughput(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"rank-memory": _rank_memory, "throughput": _throughput, "run": _run}
+def _gpu(argv: Sequence[str]) -> int:
+    from overflow_core.bench.gpu import main as gpu_main
+
+    return gpu_main(argv)
+
+
+COMMANDS = {"rank-memory": _rank_memory, "throughput": _throughput, "gpu": _gpu, "run": _run}
 
 
 def main(argv: list[str] | None = None) -> int:
