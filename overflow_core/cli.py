@@ -176,7 +176,7 @@ def _print_answer(answer: Answer, out: TextIO) -> None:
 def _cmd_ask(args: argparse.Namespace) -> int:
     from overflow_core.errors import InputError
 
-    decoding = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens is not None else {}
+    decoding: dict[str, Any] = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     if args.index:  # checked before the model loads
         if args.files:
             raise InputError("ask: give either FILE... or --index PATH, not both")
@@ -188,13 +188,13 @@ def _cmd_ask(args: argparse.Namespace) -> int:
             )
         if modes != ("oprm",):
             decoding["mode"] = args.mode
+    docs = None if args.index else read_documents(args.files)  # bad files are refused before the model loads
     engine = _engine(args)
-    if args.index:
+    if docs is None:
         from overflow_core.index import StateIndex
 
         answer = StateIndex.load(args.index, engine).answer(args.question, **decoding)
     else:
-        docs = read_documents(args.files)
         bar, update = _progress_bar(not args.json and sys.stderr.isatty())
         try:
             answer = engine.answer(args.question, docs, mode=args.mode, progress=update, **decoding)

@@ -12,10 +12,15 @@ This module knows nothing about models or tensors.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from overflow_core.errors import ConfigError, InputError
+from overflow_core.types import check_text
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
@@ -23,7 +28,10 @@ __all__ = [
     "PromptIds",
     "PromptTemplate",
     "build_template",
+    "control_token_ids",
+    "encode_chat",
     "encode_template",
+    "encode_text",
     "not_found_token_ids",
 ]
 
@@ -65,11 +73,20 @@ class PromptTemplate:
         return {"prefix": self.prefix, "infix": self.infix, "suffix": self.suffix}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PromptTemplate:
+    def from_dict(cls, data: Mapping[str, Any]) -> PromptTemplate:
+        """The template from ``{"prefix", "infix", "suffix"}`` (strings; no other keys)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"template: expected a {{prefix, infix, suffix}} object, got {type(data).__name__}")
         missing = {"prefix", "infix", "suffix"} - set(data)
-        if missing:
-            raise ConfigError(f"prompt template: expected keys prefix, infix, suffix; missing {sorted(missing)}")
-        return cls(prefix=str(data["prefix"]), infix=str(data["infix"]), suffix=str(data["suffix"]))
+        extra = set(data) - {"prefix", "infix", "suffix"}
+        if missing or extra:
+            raise ConfigError(
+                f"template: expected keys prefix, infix, suffix; missing {sorted(missing)}, unknown {sorted(map(str, extra))}"
+            )
+        for key in ("prefix", "infix", "suffix"):
+            if not isinstance(data[key], str):
+                raise ConfigError(f"template.{key}: expected a string, got {type(data[key]).__name__}")
+        return cls(prefix=data["prefix"], infix=data["infix"], suffix=data["suffix"])
 
 
 @dataclass(frozen=True)
@@ -112,6 +129,7 @@ def build_template(
         A :class:`PromptTemplate` whose prefix/infix/suffix are cut out of the rendered chat template, or a plain
         ``Instruction / Document / Question / Answer`` template.
     """
+    _refuse_control_text(tokenizer, instruction=instruction, not_found=not_found)
     has_chat = bool(getattr(tokenizer, "chat_template", None))
     if use_chat_template and not has_chat:
         raise ConfigError("use_chat_template=True, but the tokenizer has no chat_template")
@@ -130,6 +148,155 @@ def build_template(
     prefix, rest = rendered.split(_CONTEXT_SENTINEL)
     infix, suffix = rest.split(_QUESTION_SENTINEL)
     return PromptTemplate(prefix=prefix, infix=infix, suffix=suffix)
+
+
+@dataclass(frozen=True)
+class _Controls:
+    ids: frozenset[int]
+    strings: tuple[str, ...]  # their texts, longest first
+
+
+_CONTROLS: weakref.WeakKeyDictionary[Any, _Controls] = weakref.WeakKeyDictionary()
+
+
+def _controls(tokenizer: Any) -> _Controls:
+    try:
+        return _CONTROLS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    template = getattr(tokenizer, "chat_template", None)
+    template_text = template if isinstance(template, str) else str(template or "")
+    found: dict[int, str] = {}
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    for i, token in decoder.items():
+        content = str(getattr(token, "content", token))
+        if getattr(token, "special", False) or (content and content in template_text):
+            found[int(i)] = content
+    names, ids = list(getattr(tokenizer, "all_special_tokens", ())), list(getattr(tokenizer, "all_special_ids", ()))
+    for name, i in zip(names, ids, strict=len(names) == len(ids)):
+        found.setdefault(int(i), str(name))
+    unk = getattr(tokenizer, "unk_token_id", None)
+    found.pop(-1 if unk is None else int(unk), None)  # UNK is what ordinary unknown text becomes: not a control
+    controls = _Controls(
+        ids=frozenset(found), strings=tuple(sorted({s for s in found.values() if s}, key=len, reverse=True))
+    )
+    with contextlib.suppress(TypeError):  # a tokenizer that cannot be weakly referenced is simply not cached
+        _CONTROLS[tokenizer] = controls
+    return controls
+
+
+def control_token_ids(tokenizer: Any) -> frozenset[int]:
+    """The ids user text must never produce: every special token of ``tokenizer`` (BOS, EOS, pad, chat-template markers,
+    additional specials) and every added token whose text appears in its chat template. The unknown token is not one:
+    it is what ordinary characters outside a vocabulary become."""
+    return _controls(tokenizer).ids
+
+
+def _encode_plain(tokenizer: Any, text: str, **kwargs: Any) -> Any:
+    """``tokenizer(text)`` with the literal text of special tokens read as ordinary characters."""
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True, **kwargs)
+
+
+def _split_controls(text: str, strings: Sequence[str]) -> list[str]:
+    """``text`` cut inside every occurrence of a control token's text (after its first character), so no piece holds one."""
+    cuts: set[int] = set()
+    for s in strings:
+        if len(s) < 2:
+            continue
+        at = text.find(s)
+        while at >= 0:
+            cuts.add(at + 1)
+            at = text.find(s, at + 1)
+    bounds = [0, *sorted(cuts), len(text)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def encode_text(tokenizer: Any, text: str) -> tuple[int, ...]:
+    """The ids of ``text`` alone, as user text: no special tokens added, and none read out of the text.
+
+    A document or question holding the literal text of a special token (``"<|end|>"``, ``"<|im_start|>"``, the pad or
+    EOS token) gets the ids of those characters, never the special id, so user text cannot fake a turn of the prompt or
+    end it early. The template parts the engine writes itself are encoded elsewhere (:func:`~overflow_core.prompting.
+    encode_template`) and keep their special ids.
+
+    Raises:
+        InputError: the text is not a string or is not valid Unicode (a lone surrogate), or the tokenizer can encode
+            some character of it only as one of its special tokens.
+    """
+    check_text("text", text)
+    if not text:
+        return ()
+    ids = tuple(int(i) for i in _encode_plain(tokenizer, text)["input_ids"])
+    controls = _controls(tokenizer)
+    if controls.ids.isdisjoint(ids):
+        return ids
+    # an added token that is not "special" is matched even so (or the vocabulary spells a special one): encode the text
+    # in pieces cut inside each occurrence; the pieces decode to the same text
+    ids = tuple(
+        int(i)
+        for piece in _split_controls(text, controls.strings)
+        for i in _encode_plain(tokenizer, piece)["input_ids"]
+    )
+    leaked = sorted(controls.ids.intersection(ids))
+    if leaked:
+        names = [tokenizer.convert_ids_to_tokens(i) for i in leaked]
+        raise InputError(f"text: this tokenizer encodes part of {text[:40]!r} only as its special token(s) {names}")
+    return ids
+
+
+def _refuse_control_text(tokenizer: Any, **texts: str) -> None:
+    """Settings that go into the prompt as text (the instruction, the not-found phrase) must not spell a control token:
+    the template is encoded with its special tokens, so one there would become a real turn marker or EOS."""
+    for name, text in texts.items():
+        hit = next((c for c in _controls(tokenizer).strings if len(c) > 1 and c in text), None)
+        if hit is not None:
+            raise ConfigError(f"{name}: expected plain text, got {text!r}, which holds the special token {hit!r}")
+
+
+_MESSAGE_SENTINEL = "\u2063OVERFLOW_MESSAGE_{}\u2063"
+
+
+def encode_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Ids of chat ``messages`` through the tokenizer's chat template, ready for the assistant's reply.
+
+    What the template writes (role markers, turn ends) keeps its special ids; every message's content is user text
+    (:func:`~overflow_core.chunking.encode_text`), so a message cannot fake a turn. A BOS the template writes first is
+    left out, as in :func:`build_template` (the engine adds the BOS id itself).
+
+    Raises:
+        InputError: a message without a string ``role`` and ``content``, or a template that does not render message
+            contents verbatim while a content holds the text of a special token.
+    """
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or "content" not in m:
+            raise InputError(f"messages[{i}]: expected a {{'role': str, 'content': str}} mapping, got {m!r:.80}")
+        check_text(f"messages[{i}].content", m["content"])
+    masked = [{**m, "content": _MESSAGE_SENTINEL.format(i)} for i, m in enumerate(messages)]
+    rendered = str(tokenizer.apply_chat_template(masked, tokenize=False, add_generation_prompt=True))
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and rendered.startswith(bos):
+        rendered = rendered[len(bos) :]
+    ids: list[int] = []
+    rest = rendered
+    for i, m in enumerate(messages):
+        before, sep, rest = rest.partition(_MESSAGE_SENTINEL.format(i))
+        if not sep or _MESSAGE_SENTINEL.format(i) in rest:
+            break
+        ids += [*_encode(tokenizer, before), *encode_text(tokenizer, m["content"])]
+    else:
+        return ids + list(_encode(tokenizer, rest))
+    # the template changes the content it renders: render it as it is, refusing what would smuggle a control token
+    for i, m in enumerate(messages):
+        hit = next((c for c in _controls(tokenizer).strings if len(c) > 1 and c in m["content"]), None)
+        if hit is not None:
+            raise InputError(
+                f"messages[{i}].content: holds the special token {hit!r}, and this chat template does not render "
+                "contents verbatim, so it cannot be kept as plain text"
+            )
+    rendered = str(tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True))
+    if bos and rendered.startswith(bos):
+        rendered = rendered[len(bos) :]
+    return list(_encode(tokenizer, rendered))
 
 
 def _encode(tokenizer: Any, text: str) -> tuple[int, ...]:

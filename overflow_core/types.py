@@ -6,7 +6,64 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Union
 
-__all__ = ["Answer", "Chunk", "ChunkScore", "Document", "DocumentLike", "Ranking", "Timings", "Usage", "as_documents"]
+__all__ = [
+    "Answer",
+    "Chunk",
+    "ChunkScore",
+    "Document",
+    "DocumentLike",
+    "Ranking",
+    "Timings",
+    "Usage",
+    "as_documents",
+    "as_token_ids",
+    "check_text",
+]
+
+
+def check_text(name: str, text: Any) -> str:
+    """``text`` if it is a string of valid Unicode; else an :class:`~overflow_core.errors.InputError` naming ``name``.
+
+    A lone surrogate (``"\\ud800"``, what a broken decoder or ``surrogateescape`` leaves) cannot be encoded as UTF-8, so no
+    tokenizer can read it: it is refused here with its position instead of failing deep in the tokenizer.
+    """
+    from overflow_core.errors import InputError
+
+    if not isinstance(text, str):
+        hint = " (decode the bytes first)" if isinstance(text, (bytes, bytearray)) else ""
+        raise InputError(f"{name}: expected a string, got {type(text).__name__}{hint}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"{name}: expected valid Unicode text, got a lone surrogate {text[exc.start]!r} at character {exc.start}"
+        ) from None
+    return text
+
+
+def as_token_ids(name: str, ids: Any, vocab_size: int | None = None) -> list[int]:
+    """``ids`` as a list of ints, each in ``[0, vocab_size)``; else an :class:`~overflow_core.errors.InputError`."""
+    import operator
+
+    from overflow_core.errors import InputError
+
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise InputError(f"{name}: expected a sequence of token ids, got {type(ids).__name__}")
+    if hasattr(ids, "tolist"):  # a tensor or an array
+        ids = ids.tolist()
+    out: list[int] = []
+    for j, i in enumerate(ids):
+        if isinstance(i, bool):
+            raise InputError(f"{name}[{j}]: expected a token id (an integer), got {i!r}")
+        try:
+            value = operator.index(i)
+        except TypeError:
+            raise InputError(f"{name}[{j}]: expected a token id (an integer), got {i!r}") from None
+        if value < 0 or (vocab_size is not None and value >= vocab_size):
+            upper = "" if vocab_size is None else f" and < {vocab_size} (the vocabulary size)"
+            raise InputError(f"{name}[{j}]: expected a token id >= 0{upper}, got {value}")
+        out.append(value)
+    return out
 
 
 @dataclass(frozen=True)
@@ -26,26 +83,46 @@ DocumentLike = Union[str, Document, tuple[str, Mapping[str, Any]], Mapping[str, 
 
 
 def as_documents(documents: Any) -> list[Document]:
-    """Normalise strings, ``(text, metadata)`` pairs, ``{"text": ..., "metadata": ...}`` dicts and :class:`Document`s."""
+    """Normalise strings, ``(text, metadata)`` pairs, ``{"text": ..., "metadata": ...}`` dicts and :class:`Document`s.
+
+    ``documents`` is one of these or an iterable of them. Anything else (``None``, a number, bytes, a lone surrogate in
+    a text, metadata that is not a mapping) is an :class:`~overflow_core.errors.InputError` naming the document.
+    """
     from overflow_core.errors import InputError
 
-    if isinstance(documents, (str, Document)):
+    if isinstance(documents, (str, Document)) or (isinstance(documents, Mapping) and "text" in documents):
         documents = [documents]
+    if isinstance(documents, Mapping):  # iterating it would take its keys for documents
+        raise InputError(
+            "documents: expected a string, a Document, a {'text', 'metadata'} dict or a list of them, got a "
+            f"{type(documents).__name__} without 'text' (keys {sorted(map(str, documents))[:5]})"
+        )
+    if isinstance(documents, (bytes, bytearray)) or not hasattr(documents, "__iter__"):
+        hint = " (decode the bytes first)" if isinstance(documents, (bytes, bytearray)) else ""
+        raise InputError(
+            "documents: expected a string, a Document or a list of them, got "
+            f"{'None' if documents is None else type(documents).__name__}{hint}"
+        )
     out: list[Document] = []
     for i, doc in enumerate(documents):
         if isinstance(doc, Document):
-            out.append(doc)
+            text, metadata = doc.text, doc.metadata
         elif isinstance(doc, str):
-            out.append(Document(doc))
-        elif isinstance(doc, tuple) and len(doc) == 2 and isinstance(doc[0], str) and isinstance(doc[1], Mapping):
-            out.append(Document(doc[0], dict(doc[1])))
-        elif isinstance(doc, Mapping) and isinstance(doc.get("text"), str):
-            out.append(Document(doc["text"], dict(doc.get("metadata") or {})))
+            text, metadata = doc, {}
+        elif isinstance(doc, tuple) and len(doc) == 2 and isinstance(doc[0], str):
+            text, metadata = doc
+        elif isinstance(doc, Mapping) and "text" in doc:
+            text, metadata = doc["text"], doc.get("metadata") or {}
         else:
+            hint = " (decode the bytes first)" if isinstance(doc, (bytes, bytearray)) else ""
             raise InputError(
                 f"documents[{i}]: expected a string, a (text, metadata) pair, a {{'text', 'metadata'}} dict or a "
-                f"Document, got {type(doc).__name__}"
+                f"Document, got {'None' if doc is None else type(doc).__name__}{hint}"
             )
+        check_text(f"documents[{i}]", text)
+        if not isinstance(metadata, Mapping):
+            raise InputError(f"documents[{i}].metadata: expected a mapping, got {type(metadata).__name__}")
+        out.append(doc if isinstance(doc, Document) else Document(text, dict(metadata)))
     return out
 
 
