@@ -171,3 +171,34 @@ async def test_astream_leaves_the_event_loop_free_and_can_stop_early(engine: OPR
     async for _ in chat.astream("Write me 2 haikus."):
         break  # the producer thread stops after its current token; the next call must not be held up
     assert (await chat.ainvoke("Hey")).content == chat.invoke("Hey").content
+
+
+def test_unsupported_features_say_why(engine: OPRM) -> None:
+    from pydantic import BaseModel
+
+    class Person(BaseModel):
+        name: str
+
+    chat = ChatOverflow(engine=engine)
+    with pytest.raises(NotImplementedError, match=r"does not support tool calling \(bind_tools\): OPRM models"):
+        chat.bind_tools([Person])
+    with pytest.raises(NotImplementedError, match=r"does not support structured output"):
+        chat.with_structured_output(Person)
+
+
+def test_get_num_tokens_from_messages_counts_through_the_chat_template(engine: OPRM) -> None:
+    from langchain_overflow import overflow_rag_prompt
+
+    chat = ChatOverflow(engine=engine)
+    msgs = [SystemMessage("Be brief."), HumanMessage("hello"), AIMessage("hi"), HumanMessage("how are you")]
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hi"},
+        {"role": "user", "content": "how are you"},
+    ]
+    assert chat.get_num_tokens_from_messages(msgs) == len(engine.encode_messages(conversation))
+    assert chat.get_num_tokens_from_messages(msgs) == chat.invoke(msgs).usage_metadata["input_tokens"]  # type: ignore[index]
+    rag = overflow_rag_prompt(engine).invoke({"context": "The locker number is 4412.", "question": "What is it?"})
+    expected = len(engine.encode_prompt(engine.user_message("The locker number is 4412.", "What is it?")))
+    assert chat.get_num_tokens_from_messages(rag.to_messages()) == expected
