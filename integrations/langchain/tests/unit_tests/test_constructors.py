@@ -49,7 +49,9 @@ def test_the_llm_cache_never_mixes_checkpoints_in_folders_of_the_same_name(twin_
     cached = [str(ChatOverflow(engine=e, max_tokens=8, cache=cache).invoke("Hello").content) for e in (first, second)]
     assert cached == uncached, "the second checkpoint got the first one's cached answer"
     llms = [OverflowLLM(engine=e, max_tokens=8, cache=cache) for e in (first, second)]
-    assert [llm.invoke("Hello") for llm in llms] == [OverflowLLM(engine=e, max_tokens=8).invoke("Hello") for e in (first, second)]
+    assert [llm.invoke("Hello") for llm in llms] == [
+        OverflowLLM(engine=e, max_tokens=8).invoke("Hello") for e in (first, second)
+    ]
 
     names = [ChatOverflow(engine=e)._get_ls_params()["ls_model_name"] for e in (first, second)]
     assert names[0] != names[1] and all(n.startswith("ckpt@") for n in names), names

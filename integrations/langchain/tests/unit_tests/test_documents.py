@@ -35,7 +35,9 @@ def _check_kept(out: list[Document], docs: list[Document]) -> None:
         assert doc.id in by_id, f"the source document's id must come back, got {doc.id!r}"
         source = by_id[doc.id]
         assert {k: v for k, v in doc.metadata.items() if k != "overflow"} == source.metadata, "user metadata changed"
-        assert source.page_content[doc.metadata["overflow"]["start"] : doc.metadata["overflow"]["end"]] == doc.page_content
+        assert (
+            source.page_content[doc.metadata["overflow"]["start"] : doc.metadata["overflow"]["end"]] == doc.page_content
+        )
         assert {"score", "entropy", "rank", "not_found", "top_prob", "not_found_prob"} <= set(doc.metadata["overflow"])
 
 
@@ -98,7 +100,7 @@ def test_any_document_like_input(engine: OPRM) -> None:
 
 def test_scores_go_under_their_own_key_never_over_the_users(engine: OPRM, docs: list[Document]) -> None:
     taken = [Document(page_content=d.page_content, metadata={**d.metadata, "overflow": "my field"}) for d in docs]
-    with pytest.raises(ValueError, match="already has a key 'overflow'.*metadata_key="):
+    with pytest.raises(ValueError, match=r"already has a key 'overflow'.*metadata_key="):
         OverflowRetriever(engine=engine, documents=taken)
     out = OverflowRetriever(engine=engine, documents=taken, metadata_key="oprm", k=2).invoke(QUESTION)
     assert all(d.metadata["overflow"] == "my field" and "entropy" in d.metadata["oprm"] for d in out)
@@ -111,7 +113,8 @@ def test_scores_go_under_their_own_key_never_over_the_users(engine: OPRM, docs: 
     by_content = {d.page_content: d for d in retrieved}
     for doc in chained:
         before = by_content[doc.page_content]
-        assert doc.id == before.id and 0 <= doc.metadata["overflow"]["start"] < doc.metadata["overflow"]["end"] <= len(doc.page_content)
+        span = doc.metadata["overflow"]
+        assert doc.id == before.id and 0 <= span["start"] < span["end"] <= len(doc.page_content)
         assert {k: v for k, v in doc.metadata.items() if k != "overflow"} == docs[int(doc.metadata["n"])].metadata
 
 
@@ -153,6 +156,9 @@ def test_empty_documents_are_skipped_with_a_warning(engine: OPRM, docs: list[Doc
     with pytest.warns(UserWarning, match="empty document"):
         reranked = OverflowReranker(engine=engine, top_n=None).compress_documents(with_empty, QUESTION)
     assert sorted(d.id or "" for d in reranked) == sorted(d.id or "" for d in docs)
-    with pytest.raises(ValueError, match="documents: expected at least one non-empty Document"), warnings.catch_warnings():
+    with (
+        pytest.raises(ValueError, match="documents: expected at least one non-empty Document"),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")
         OverflowRetriever(engine=engine, documents=[Document(page_content="  ")])

@@ -185,4 +185,6 @@ def test_no_warning_without_a_missed_reuse(engine: OPRM, retriever: OverflowRetr
         chat.invoke("Hello")  # unrelated to the retrieval
         chat.invoke([SystemMessage("Be brief."), HumanMessage("What is 2 + 2?")])
         ({"context": retriever, "question": RunnablePassthrough()} | format_docs_for(engine) | llm).invoke(QUESTION)
-        ({"context": retriever, "question": RunnablePassthrough()} | overflow_rag_prompt(engine) | chat).invoke(QUESTION)
+        ({"context": retriever, "question": RunnablePassthrough()} | overflow_rag_prompt(engine) | chat).invoke(
+            QUESTION
+        )
