@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 from llama_index.core import SummaryIndex
+from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import BaseNode
 from llama_index.core.tools import QueryEngineTool
 from llama_index.llms.overflow import OverflowLLM, overflow_qa_template
 from llama_index.postprocessor.overflow import OverflowRerank
-from llama_index.query_engine.overflow import NOT_FOUND_ANSWER, OverflowQueryEngine, retriever_query_engine
+from llama_index.query_engine.overflow import NOT_FOUND_ANSWER, OverflowQueryEngine
 from llama_index.retrievers.overflow import IDK_KEY, OverflowRetriever, node_text, sentence_splitter
 from llamaindex_data import ABSENT_QUESTION, ANSWER, FACT, QUESTION, long_documents, run_agent
 
@@ -38,7 +39,7 @@ def test_retriever_query_engine_answers_from_the_cached_state(bundled: OPRM, spy
     generations = spy_complete(bundled)
     nodes = parsed_nodes(bundled)
     llm = OverflowLLM(bundled)
-    query_engine = retriever_query_engine(OverflowRetriever(bundled, nodes, similarity_top_k=1), llm)
+    query_engine = RetrieverQueryEngine.from_args(OverflowRetriever(bundled, nodes, similarity_top_k=1), llm=llm)
     response = query_engine.query(QUESTION)
     assert str(response).strip() == ANSWER
     assert FACT in node_text(response.source_nodes[0].node)
@@ -87,9 +88,9 @@ def test_not_found_for_a_similar_question_the_documents_do_not_answer(bundled: O
 
 def test_rerank_of_another_retrievers_nodes_in_a_query_engine(bundled: OPRM, spy_complete: Any) -> None:
     generations = spy_complete(bundled)
-    query_engine = retriever_query_engine(
+    query_engine = RetrieverQueryEngine.from_args(
         SummaryIndex(parsed_nodes(bundled)).as_retriever(),  # every node, in document order
-        OverflowLLM(bundled),
+        llm=OverflowLLM(bundled),
         node_postprocessors=[OverflowRerank(bundled, top_n=1)],
     )
     response = query_engine.query(QUESTION)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
-from llama_index.llms.overflow import OverflowLLM, overflow_qa_template
+from llama_index.llms.overflow import DEFAULT_CONTEXT_WINDOW, OverflowLLM, overflow_qa_template
 from llama_index.retrievers.overflow import OverflowRetriever, node_text
 from llamaindex_data import QUESTION, tiny_documents
 
@@ -16,15 +16,20 @@ from overflow_core import OPRM
 CHUNK = "As of this year, the ship Dune has RWZ 511 as license plate. Laura went to the park."
 
 
-def test_metadata_describes_one_chunk_not_the_models_nominal_window(tiny_engine: OPRM) -> None:
+def test_metadata_tells_llama_index_the_window_it_may_pack(tiny_engine: OPRM) -> None:
+    """A recurrent model has no hard context limit and a packed context is answered chunk by chunk (OPRM), so the window
+    is large and configurable; at 8650456 it was one chunk's prompt (133 + 8 tokens here, 573 for the bundled model),
+    which made LlamaIndex's synthesizers fail with "Chunk size ... is not positive"."""
     cfg = tiny_engine.config
     meta = OverflowLLM(tiny_engine).metadata
-    prompt = tiny_engine.prompt_ids.overhead + 2 * cfg.chunk_tokens  # template + chunk + the longest question
-    assert meta.context_window == prompt + cfg.max_new_tokens
+    assert meta.context_window == DEFAULT_CONTEXT_WINDOW >= 32768
     assert meta.num_output == cfg.max_new_tokens
     assert meta.model_name == tiny_engine.name
     assert not meta.is_chat_model
     assert OverflowLLM(tiny_engine, max_new_tokens=3).metadata.num_output == 3
+    assert OverflowLLM(tiny_engine, context_window=4096).metadata.context_window == 4096
+    with pytest.raises(ValueError, match="context_window"):
+        OverflowLLM(tiny_engine, context_window=0)
 
 
 def test_qa_template_renders_the_engines_prompt(tiny_engine: OPRM) -> None:
@@ -75,7 +80,7 @@ def test_decoding_options_pass_through_and_unknown_ones_fail(tiny_engine: OPRM) 
     assert OverflowLLM(tiny_engine, max_new_tokens=1).complete("Laura went").additional_kwargs["generated_tokens"] <= 1
     sampled = [llm.complete("Laura went", temperature=1.0, seed=s).text for s in (1, 1)]
     assert sampled[0] == sampled[1], "the same seed must give the same sample"
-    with pytest.raises(Exception, match="unknown decoding options"):
+    with pytest.raises(Exception, match="unknown decoding option"):
         llm.complete("Laura went", beams=4)
 
 

@@ -12,7 +12,7 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from llama_index.llms.overflow import OverflowLLM
 from llama_index.postprocessor.overflow import OverflowRerank
-from llama_index.query_engine.overflow import NOT_FOUND_ANSWER, OverflowQueryEngine, retriever_query_engine
+from llama_index.query_engine.overflow import NOT_FOUND_ANSWER, OverflowQueryEngine
 from llama_index.retrievers.overflow import IDK_KEY, OverflowRetriever, node_text, sentence_splitter
 from llamaindex_data import QUESTION, tiny_documents
 
@@ -92,7 +92,7 @@ def test_retriever_query_engine_set_up_hands_the_state_over(tiny_engine: OPRM, s
     generations = spy_complete(tiny_engine)
     nodes = sentence_splitter(tiny_engine).get_nodes_from_documents(plain_documents())
     retriever = OverflowRetriever(tiny_engine, nodes, similarity_top_k=1)
-    query_engine = retriever_query_engine(retriever, OverflowLLM(tiny_engine))
+    query_engine = RetrieverQueryEngine.from_args(retriever, llm=OverflowLLM(tiny_engine))
     assert isinstance(query_engine, RetrieverQueryEngine)
     response = query_engine.query(QUESTION)
     assert len(generations) == 1 and generations[0].prompt_forward_tokens == 0, (
@@ -119,8 +119,8 @@ def test_rerank_in_a_query_engine_hands_the_state_over(tiny_engine: OPRM, spy_co
     generations = spy_complete(tiny_engine)
     nodes = sentence_splitter(tiny_engine).get_nodes_from_documents(plain_documents())
     rerank = OverflowRerank(tiny_engine, top_n=1)
-    query_engine = retriever_query_engine(
-        SummaryIndex(nodes).as_retriever(), OverflowLLM(tiny_engine), node_postprocessors=[rerank]
+    query_engine = RetrieverQueryEngine.from_args(
+        SummaryIndex(nodes).as_retriever(), llm=OverflowLLM(tiny_engine), node_postprocessors=[rerank]
     )
     response = query_engine.query(QUESTION)
     assert len(response.source_nodes) == 1

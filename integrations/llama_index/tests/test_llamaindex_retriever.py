@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from llama_index.core import Document, SummaryIndex
+from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 from llama_index.retrievers.overflow import (
     ENTROPY_KEY,
@@ -54,18 +55,43 @@ def test_scores_are_the_engines_ranking(tiny_engine: OPRM) -> None:
     assert [h.score for h in hits] == pytest.approx([s.score for s in ranking.scores])
 
 
-def test_long_documents_come_back_as_chunk_nodes_linked_to_their_source(tiny_engine: OPRM) -> None:
+def test_long_documents_come_back_as_chunk_nodes_with_their_lineage(tiny_engine: OPRM) -> None:
+    """A node longer than one chunk comes back piece by piece: ``ref_doc_id`` is the source document, the offsets point
+    into its text, the text carries no metadata header, and what the LLM sees (header included) is what the model
+    scored. At 8650456 the pieces had no offsets and carried the header ("source: doc0.txt") in their text."""
     docs = tiny_documents()
-    hits = OverflowRetriever(tiny_engine, docs, similarity_top_k=2).retrieve(QUESTION)
+    retriever = OverflowRetriever(tiny_engine, docs, similarity_top_k=len(docs) * 8)
+    hits = retriever.retrieve(QUESTION)
     by_id = {d.doc_id: d for d in docs}
+    assert len(hits) > len(docs), "the fixture documents are several chunks each"
     for hit in hits:
-        source = hit.node.source_node
-        assert source is not None, "a chunk node must point at the node it was cut from"
-        assert source.node_id in by_id
-        # what the LLM sees is exactly the chunk the model scored, and that chunk is a piece of the document
-        assert node_text(hit.node) == hit.node.get_content(metadata_mode=MetadataMode.NONE)
-        assert node_text(hit.node) in node_text(by_id[source.node_id])
-        assert hit.node.metadata["source"] == by_id[source.node_id].metadata["source"]
+        node = hit.node
+        assert node.ref_doc_id in by_id, "a chunk node's ref_doc_id must be its source document"
+        source = by_id[node.ref_doc_id]
+        assert node.start_char_idx is not None and node.end_char_idx is not None
+        assert source.text[node.start_char_idx : node.end_char_idx] == node.text, "offsets into the source text"
+        assert not node.text.startswith("source:"), "the metadata header must not be part of the node's text"
+        assert node.metadata["source"] == source.metadata["source"]
+        header = source.get_metadata_str(MetadataMode.LLM)
+        assert node_text(node) == f"{header}\n\n{node.text}", "the LLM sees the header, as for the source"
+    scored = {s.chunk.text for s in retriever.rank(QUESTION).scores}
+    assert {node_text(h.node) for h in hits} <= scored, "the LLM text of each piece is exactly what the model scored"
+    assert len(tiny_engine.tokenizer(max((node_text(h.node) for h in hits), key=len))["input_ids"]) <= 49
+
+
+def test_pieces_of_parser_nodes_point_at_the_document_and_the_node(tiny_engine: OPRM) -> None:
+    doc = Document(text=" ".join(text for text, _ in sample_documents()), metadata={"source": "all.txt"})
+    parser = SentenceSplitter(chunk_size=400, chunk_overlap=0)  # nodes of several engine chunks each
+    nodes = parser.get_nodes_from_documents([doc])
+    hits = OverflowRetriever(tiny_engine, nodes, similarity_top_k=4).retrieve(QUESTION)
+    parents = {n.node_id: n for n in nodes}
+    for hit in hits:
+        node = hit.node
+        assert node.ref_doc_id == doc.doc_id
+        assert node.parent_node is not None and node.parent_node.node_id in parents
+        assert doc.text[node.start_char_idx : node.end_char_idx] == node.text
+        parent = parents[node.parent_node.node_id]
+        assert parent.start_char_idx <= node.start_char_idx < node.end_char_idx <= parent.end_char_idx
 
 
 def test_nodes_from_a_parser_with_the_model_tokenizer_come_back_whole(tiny_engine: OPRM) -> None:

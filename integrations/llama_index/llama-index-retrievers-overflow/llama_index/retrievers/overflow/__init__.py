@@ -6,9 +6,11 @@ from llama_index.retrievers.overflow.nodes import (
     IDK_KEY,
     NOT_FOUND_PROB_KEY,
     RANK_KEY,
+    RETRIEVAL_SCORE_KEY,
     SCORE_KEYS,
     is_abstaining,
     node_text,
+    question_of,
 )
 
 __all__ = [
@@ -16,9 +18,11 @@ __all__ = [
     "IDK_KEY",
     "NOT_FOUND_PROB_KEY",
     "RANK_KEY",
+    "RETRIEVAL_SCORE_KEY",
     "SCORE_KEYS",
     "OverflowRetriever",
     "is_abstaining",
     "node_text",
+    "question_of",
     "sentence_splitter",
 ]

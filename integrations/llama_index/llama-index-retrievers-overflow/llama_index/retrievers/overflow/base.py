@@ -16,7 +16,8 @@ from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 from llama_index.core.storage.docstore.types import BaseDocumentStore
 from llama_index.core.storage.docstore.utils import doc_to_json, json_to_doc
-from llama_index.retrievers.overflow.nodes import ranking_to_nodes, to_documents
+from llama_index.llms.overflow.loading import shared_engine, split_settings
+from llama_index.retrievers.overflow.nodes import question_of, ranking_to_nodes, to_pieces
 
 from overflow_core import OPRM, Ranking
 
@@ -29,6 +30,7 @@ NODES_FILE = "nodes.json"
 INDEX_DIR = "state_index"
 _FORMAT = "llama-index-overflow/retriever"
 _VERSION = 1
+_OPTIONS = ("similarity_top_k", "use_state_index", "whole_nodes", "callback_manager", "verbose")
 
 
 def sentence_splitter(engine: OPRM, *, chunk_overlap: int = 0, **kwargs: Any) -> SentenceSplitter:
@@ -53,7 +55,10 @@ class OverflowRetriever(BaseRetriever):
     and scored by the entropy of its next-token distribution (chunks whose first answer token is "not found" go last).
 
     Nodes may come from any node parser (use :func:`sentence_splitter` so sizes are in the model's tokens) or be whole
-    ``Document``s: a node longer than one engine chunk is cut by the engine and returned chunk by chunk. Scores are
+    ``Document``s: a node longer than one engine chunk is cut into pieces that each fit one chunk with the node's
+    metadata header, and returned piece by piece (``ref_doc_id``, ``start_char_idx`` / ``end_char_idx`` into the
+    source document's text, the text without the header; see :mod:`llama_index.retrievers.overflow.nodes`). Nodes
+    without text are skipped with a warning. Scores are
     ``-entropy`` (higher is better; minus 1000 when the model abstains, so score order is rank order); ``oprm_entropy``,
     ``oprm_rank``, ``oprm_idk`` and ``oprm_not_found_prob`` go into each node's metadata,
     hidden from the LLM. The states of the top ``similarity_top_k`` prompts stay in the engine's state cache, so an
@@ -62,9 +67,14 @@ class OverflowRetriever(BaseRetriever):
     Args:
         engine: the OPRM engine.
         nodes: the nodes (or documents) to search.
-        similarity_top_k: how many scored chunks to return.
+        similarity_top_k: how many scored chunks to return (how many nodes, with ``whole_nodes``).
         use_state_index: precompute each chunk's state once (:meth:`OPRM.index`), so a query runs only the question
             tokens per chunk; the index is what :meth:`persist` saves.
+        whole_nodes: return the ``similarity_top_k`` best of the nodes given, each whole and once, scored by its best
+            chunk, instead of the best chunks.
+
+    A query of the form ``"input is <question>\n"`` (what LlamaIndex's ``RetrieverTool`` makes of an agent's
+    ``{"input": question}``) is scored as ``<question>``.
 
     Example:
         >>> from llama_index.core import Document
@@ -80,9 +90,15 @@ class OverflowRetriever(BaseRetriever):
         *,
         similarity_top_k: int = 2,
         use_state_index: bool = False,
+        whole_nodes: bool = False,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
+        if isinstance(engine, (str, Path)) or not hasattr(engine, "rank"):  # a path where the engine goes
+            raise TypeError(
+                f"engine: expected an overflow_core.OPRM (or use OverflowRetriever.from_pretrained(path, nodes)), got "
+                f"{type(engine).__name__}"
+            )
         if similarity_top_k < 1:
             raise ValueError(f"similarity_top_k: expected a positive number of nodes, got {similarity_top_k}")
         if not nodes:
@@ -93,8 +109,10 @@ class OverflowRetriever(BaseRetriever):
             if node.node_id in self._nodes:
                 raise ValueError(f"nodes[{i}]: expected unique node ids, {node.node_id!r} appears twice")
             self._nodes[node.node_id] = node
-        self._documents = to_documents(list(self._nodes.values()), list(self._nodes))
+        self._pieces = to_pieces(engine, list(self._nodes.values()))
+        self._documents = self._pieces.documents
         self.similarity_top_k = similarity_top_k
+        self.whole_nodes = whole_nodes
         self._index: Any | None = engine.index(self._documents) if use_state_index else None
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
@@ -122,6 +140,33 @@ class OverflowRetriever(BaseRetriever):
         assert nodes is not None
         return cls(engine, nodes, similarity_top_k=similarity_top_k, **kwargs)
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path | None = None,
+        nodes: Sequence[BaseNode] | None = None,
+        *,
+        index: BaseIndex | None = None,
+        docstore: BaseDocumentStore | None = None,
+        **kwargs: Any,
+    ) -> OverflowRetriever:
+        """Load a model (``None``: the bundled one) through the core's loader and search ``nodes`` (or an ``index``'s
+        or ``docstore``'s nodes) with it.
+
+        Keywords are the retriever's options (``similarity_top_k``, ``use_state_index``, ``whole_nodes``, ...) or
+        settings of the engine (``device``, ``dtype``, ``chunk_tokens``, ...: whatever :meth:`OPRM.from_pretrained`
+        takes); anything else raises ``TypeError``. With the same model and engine settings, the retriever shares its
+        engine with ``OverflowLLM.from_pretrained`` and ``OverflowRerank.from_pretrained``, so the LLM continues from
+        the states the retriever computed.
+
+        Example:
+            >>> retriever = OverflowRetriever.from_pretrained(None, documents, similarity_top_k=2)  # doctest: +SKIP
+        """
+        own, settings = split_settings("OverflowRetriever.from_pretrained", kwargs, _OPTIONS)
+        return cls.from_defaults(
+            shared_engine(name_or_path, **settings), nodes=nodes, index=index, docstore=docstore, **own
+        )
+
     @property
     def engine(self) -> OPRM:
         return self._engine
@@ -142,8 +187,13 @@ class OverflowRetriever(BaseRetriever):
         return self._engine.rank(query, self._documents, k=k)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        ranking = self.rank(query_bundle.query_str, k=self.similarity_top_k)
-        return ranking_to_nodes(ranking, self._nodes)
+        question = question_of(query_bundle.query_str)
+        if self.whole_nodes:  # every chunk's score is needed to find the best k distinct nodes
+            ranking = self.rank(question)
+            return ranking_to_nodes(
+                ranking, self._pieces, top=self.similarity_top_k, whole_nodes=list(self._nodes.values())
+            )
+        return ranking_to_nodes(self.rank(question, k=self.similarity_top_k), self._pieces)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         # the model runs in a worker thread; the event loop stays free (the base class would run it inline)
@@ -158,6 +208,7 @@ class OverflowRetriever(BaseRetriever):
             "format": _FORMAT,
             "version": _VERSION,
             "similarity_top_k": self.similarity_top_k,
+            "whole_nodes": self.whole_nodes,
             "state_index": self._index is not None,
             "model": self._engine.name,
             "chunk_tokens": self._engine.config.chunk_tokens,
@@ -196,6 +247,7 @@ class OverflowRetriever(BaseRetriever):
             from overflow_core.index import StateIndex
 
             index = StateIndex.load(folder / INDEX_DIR, engine)
+        kwargs.setdefault("whole_nodes", bool(settings.get("whole_nodes", False)))
         retriever = cls(engine, nodes, similarity_top_k=similarity_top_k or int(settings["similarity_top_k"]), **kwargs)
         retriever._index = index
         return retriever

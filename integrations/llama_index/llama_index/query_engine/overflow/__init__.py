@@ -1,5 +1,0 @@
-"""Overflow (OPRM) query engines for LlamaIndex: answer over long documents from the chunk the model is surest about."""
-
-from llama_index.query_engine.overflow.base import NOT_FOUND_ANSWER, OverflowQueryEngine, retriever_query_engine
-
-__all__ = ["NOT_FOUND_ANSWER", "OverflowQueryEngine", "retriever_query_engine"]
