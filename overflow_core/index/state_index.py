@@ -101,6 +101,8 @@ class StateIndex:
         >>> index = StateIndex.load("corpus.oprm-index", oprm)
     """
 
+    MODES = ("oprm", "summarize")  # the answer modes an index supports (vanilla needs the documents themselves)
+
     def __init__(self, engine: OPRM) -> None:
         """An empty index for ``engine``; use :meth:`build` or :meth:`load`."""
         self.engine = engine
