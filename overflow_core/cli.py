@@ -209,16 +209,25 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    engine = _engine(args)
-    docs = read_documents(args.files)
-    from overflow_core.index import StateIndex
+    from overflow_core.errors import InputError
+    from overflow_core.index import StateIndex, storage
 
-    if args.append and Path(args.out).exists():
-        index = StateIndex.load(args.out, engine)
+    out = Path(args.out)
+    storage.check_target(out)  # a file, a folder under a file, a folder of the user's: refused before the model loads
+    append = args.append and storage.is_index(out)
+    if args.append and not append and out.is_dir() and any(out.iterdir()):
+        raise InputError(
+            f"--append: expected an existing state index at {args.out!r}, found an unfinished one (its first save "
+            "was interrupted); run without --append"
+        )
+    docs = read_documents(args.files)
+    engine = _engine(args)
+    if append:
+        index = StateIndex.load(out, engine)
         index.add(docs)
     else:
         index = engine.index(docs, progress=sys.stderr.isatty())
-    index.save(args.out)
+    index.save(out)
     sys.stdout.write(f"indexed {len(index)} chunks from {len(docs)} files into {args.out}\n")
     return 0
 
