@@ -241,7 +241,7 @@ def _download(repo_id: str, revision: str | None, cache: Path, token: Any) -> Pa
     except (LocalEntryNotFoundError, OSError) as exc:  # no network, hub down, disk full
         raise ModelLoadError(
             f"model {repo_id!r}{rev}: not in the Hugging Face cache at {cache}, and downloading it failed "
-            f"({_one_line(exc)}); {_how_to_get(repo_id, revision, cache)}"
+            f"({_one_line(exc.__cause__ or exc)}); {_how_to_get(repo_id, revision, cache)}"
         ) from exc
     if not (folder / "config.json").exists() or not _has_weights(folder):
         raise ModelLoadError(
