@@ -326,7 +326,7 @@ class OPRM:
         generator = None
         if cfg.temperature > 0:
             generator = torch.Generator()
-            generator.manual_seed(0 if seed is None else seed)
+            generator.manual_seed(check_seed(seed) or 0)
         return Generation(
             session,
             logits,

@@ -256,6 +256,15 @@ def _refuse_control_text(tokenizer: Any, **texts: str) -> None:
 _MESSAGE_SENTINEL = "\u2063OVERFLOW_MESSAGE_{}\u2063"
 
 
+def _render_chat(tokenizer: Any, messages: list[Any]) -> str:
+    try:
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    except Exception as exc:  # jinja raises its own errors for roles or orders a template does not accept
+        raise InputError(
+            f"messages: the tokenizer's chat template refused them ({type(exc).__name__}: {exc})"
+        ) from None
+
+
 def encode_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]]) -> list[int]:
     """Ids of chat ``messages`` through the tokenizer's chat template, ready for the assistant's reply.
 
@@ -272,7 +281,7 @@ def encode_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]]) -> list[i
             raise InputError(f"messages[{i}]: expected a {{'role': str, 'content': str}} mapping, got {m!r:.80}")
         check_text(f"messages[{i}].content", m["content"])
     masked = [{**m, "content": _MESSAGE_SENTINEL.format(i)} for i, m in enumerate(messages)]
-    rendered = str(tokenizer.apply_chat_template(masked, tokenize=False, add_generation_prompt=True))
+    rendered = _render_chat(tokenizer, masked)
     bos = getattr(tokenizer, "bos_token", None)
     if bos and rendered.startswith(bos):
         rendered = rendered[len(bos) :]
@@ -293,7 +302,7 @@ def encode_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]]) -> list[i
                 f"messages[{i}].content: holds the special token {hit!r}, and this chat template does not render "
                 "contents verbatim, so it cannot be kept as plain text"
             )
-    rendered = str(tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True))
+    rendered = _render_chat(tokenizer, list(messages))
     if bos and rendered.startswith(bos):
         rendered = rendered[len(bos) :]
     return list(_encode(tokenizer, rendered))

@@ -601,6 +601,18 @@ def test_complete_refuses_ids_outside_the_vocabulary(engine: Any, ids: Any) -> N
         oprm.complete(ids)
 
 
+def test_chat_template_refusal_is_one_line() -> None:
+    """A chat template that raises (roles out of order, an unknown role) is the caller's input problem: InputError."""
+    from overflow_core.prompting import encode_chat
+
+    tok = _chatml()
+    tok.chat_template = "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+    with pytest.raises(InputError, match="chat template refused"):
+        encode_chat(tok, [{"role": "user", "content": "hello"}])
+    with pytest.raises(InputError, match="messages"):
+        encode_chat(tok, [{"content": "no role"}])
+
+
 def _cli_error(argv: list[str], capsys: Any) -> str:
     code = within(GUARD_S * 3, main, argv)
     err = capsys.readouterr().err
