@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,8 @@ from overflow_core.types import check_text
 __all__ = [
     "DEFAULT_INSTRUCTION",
     "DEFAULT_NOT_FOUND",
+    "MAX_NOT_FOUND_TOKENS",
+    "NotFoundIds",
     "PromptIds",
     "PromptTemplate",
     "build_template",
@@ -326,22 +328,51 @@ def encode_template(tokenizer: Any, template: PromptTemplate) -> PromptIds:
     )
 
 
-def not_found_token_ids(tokenizer: Any, not_found: str) -> frozenset[int]:
-    """Ids of the tokens that can start the answer ``not_found`` right after the prompt.
+MAX_NOT_FOUND_TOKENS = 16  # the not-found check teacher-forces at most this many tokens of the phrase
+
+
+class NotFoundIds(frozenset):  # type: ignore[type-arg]
+    """The ids that can start the not-found answer (this set, as before) and, in ``sequences``, the whole answer's ids
+    for each way it can be tokenized right after the prompt (at most :data:`MAX_NOT_FOUND_TOKENS` each).
+
+    The first token alone is not specific with every tokenizer: with a byte- or character-level vocabulary it is a space
+    or one letter, which most answers start with. The scorer (:func:`overflow_core.selection.batch_signals`) therefore
+    teacher-forces each sequence and flags a chunk only when greedy decoding would write the whole phrase.
+    """
+
+    sequences: tuple[tuple[int, ...], ...]
+
+    def __new__(cls, sequences: Iterable[Sequence[int]]) -> NotFoundIds:
+        seqs = tuple(tuple(int(i) for i in s) for s in sequences if len(s) > 0)
+        obj = super().__new__(cls, {s[0] for s in seqs})
+        obj.sequences = seqs
+        return obj
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (NotFoundIds, (self.sequences,))
+
+    def __repr__(self) -> str:
+        return f"NotFoundIds(sequences={self.sequences!r})"
+
+
+def not_found_token_ids(tokenizer: Any, not_found: str) -> NotFoundIds:
+    """The token ids of the answer ``not_found`` right after the prompt: a set of the ids that can start it, whose
+    ``sequences`` hold the whole answer's ids per tokenization (see :class:`NotFoundIds`).
 
     The answer may be tokenized with or without a leading space (``"Error"`` and ``" Error"`` are different tokens in
-    most vocabularies); the first token of each variant counts. Case is kept as given: the prompt tells the model the
-    exact phrase, and adding case variants would flag real answers that merely start with the same letter.
+    most vocabularies); both variants count. A variant whose ids extend another's is dropped (the shorter one already
+    accounts for it). Case is kept as given: the prompt tells the model the exact phrase, and adding case variants
+    would flag real answers that merely start with the same letters.
     """
     phrase = not_found.strip()
     if not phrase:
         raise ConfigError("not_found: expected a non-empty phrase")
-    variants = {phrase, " " + phrase}
-    ids: set[int] = set()
-    for variant in variants:
-        encoded = _encode(tokenizer, variant)
+    found: set[tuple[int, ...]] = set()
+    for variant in (phrase, " " + phrase):
+        encoded = _encode(tokenizer, variant)[:MAX_NOT_FOUND_TOKENS]
         if encoded:
-            ids.add(encoded[0])
-    if not ids:
+            found.add(tuple(encoded))
+    if not found:
         raise InputError(f"not_found: the tokenizer encodes {not_found!r} to no tokens")
-    return frozenset(ids)
+    minimal = [s for s in found if not any(o != s and s[: len(o)] == o for o in found)]
+    return NotFoundIds(sorted(minimal))

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from overflow_core.scoring import entropy, idk_flags, not_found_prob
+from overflow_core.scoring import entropy, idk_flags, not_found_prob, phrase_probability
 
 __all__ = ["reference_greedy", "reference_last_logits", "reference_scores"]
 
@@ -25,13 +25,24 @@ def reference_last_logits(model: Any, prompt: Sequence[int]) -> torch.Tensor:
 def reference_scores(
     model: Any, prompts: Sequence[Sequence[int]], idk_ids: frozenset[int]
 ) -> tuple[list[float], list[bool], list[float]]:
-    """Entropy, IDK flag and probability of starting the not-found answer of every prompt, each run alone."""
+    """Entropy, IDK flag and not-found probability of every prompt, each run alone: of the whole phrase by one full forward
+    over prompt + phrase when ``idk_ids`` carries its ``sequences`` (see :class:`~overflow_core.prompting.NotFoundIds`),
+    else of its first token."""
     logits = torch.stack([reference_last_logits(model, p) for p in prompts])
-    return (
-        [float(x) for x in entropy(logits)],
-        [bool(x) for x in idk_flags(logits, idk_ids)],
-        [float(x) for x in not_found_prob(logits, idk_ids)],
-    )
+    ent = [float(x) for x in entropy(logits)]
+    sequences = getattr(idk_ids, "sequences", ())
+    if all(len(seq) == 1 for seq in sequences):
+        return ent, [bool(x) for x in idk_flags(logits, idk_ids)], [float(x) for x in not_found_prob(logits, idk_ids)]
+    probs, flags = [0.0] * len(prompts), [False] * len(prompts)
+    for i, prompt in enumerate(prompts):
+        for seq in sequences:  # the whole phrase after the prompt, one plain forward per tokenization
+            ids = torch.tensor([[*prompt, *seq[:-1]]], dtype=torch.long, device=model.device)
+            with torch.inference_mode():
+                steps = model(input_ids=ids, use_cache=False).logits[0, len(prompt) - 1 :].float()
+            p, greedy = phrase_probability(steps[:1], seq, steps[None, 1:] if len(seq) > 1 else None)
+            probs[i] += float(p[0])
+            flags[i] = flags[i] or bool(greedy[0])
+    return ent, flags, probs
 
 
 @torch.inference_mode()

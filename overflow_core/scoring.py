@@ -15,6 +15,7 @@ __all__ = [
     "entropy",
     "idk_flags",
     "not_found_prob",
+    "phrase_probability",
     "rank_chunks",
     "rank_keys",
     "rank_order",
@@ -36,6 +37,30 @@ def top_prob(logits: torch.Tensor) -> torch.Tensor:
 
 def _ids(idk_ids: Iterable[int], device: torch.device) -> torch.Tensor:
     return torch.as_tensor(sorted(set(idk_ids)), dtype=torch.long, device=device)
+
+
+def phrase_probability(
+    first: torch.Tensor, sequence: Sequence[int], forced: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probability of answering exactly ``sequence`` and whether greedy decoding would write it, per row.
+
+    Args:
+        first: ``[B, V]`` next-token logits at the answer position.
+        sequence: the phrase's token ids (``k`` of them).
+        forced: ``[B, k - 1, V]`` logits after teacher-forcing ``sequence[:-1]`` on each row (``None`` when ``k == 1``).
+
+    Returns:
+        ``([B] probability of the whole sequence, [B] bool: every step's most likely token is the sequence's)``.
+    """
+    steps = [first.float()] + ([forced[:, j].float() for j in range(forced.shape[1])] if forced is not None else [])
+    if len(steps) != len(sequence):
+        raise ValueError(f"forced: expected logits for {len(sequence) - 1} teacher-forced steps, got {len(steps) - 1}")
+    logp = torch.zeros(first.shape[0], device=first.device)
+    greedy = torch.ones(first.shape[0], dtype=torch.bool, device=first.device)
+    for step, token in zip(steps, sequence, strict=True):
+        logp = logp + torch.log_softmax(step, -1)[:, int(token)]
+        greedy &= step.argmax(-1) == int(token)
+    return logp.exp(), greedy
 
 
 def idk_flags(logits: torch.Tensor, idk_ids: Iterable[int]) -> torch.Tensor:

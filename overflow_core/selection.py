@@ -19,6 +19,7 @@ from overflow_core.types import Ranking
 
 __all__ = ["Kept", "Scored", "batch_signals", "enters_top", "keep_best"]
 
+PURSUE = 1e-6  # batch_signals teacher-forces the not-found phrase on rows whose first-token probability is at least this
 Kept = dict[int, tuple[State, torch.Tensor]]  # chunk index -> (its one-row state, its [1, V] last logits)
 
 
@@ -45,9 +46,37 @@ def batch_signals(
     The one place where a batch of rows is scored, for full prompts (the engine) and stored states (the index) alike.
     ``state`` returns the batch's ``B`` rows of state (a call may copy them, so it is made only when a check needs to look
     past the first answer token).
+
+    The not-found signals read the whole phrase when ``idk_ids`` is a :class:`~overflow_core.prompting.NotFoundIds`
+    whose phrase takes more than one token: each tokenization of the phrase is teacher-forced on the rows (one batched
+    feed per tokenization, from a copy of their state), ``not_found_prob`` is the probability of the whole phrase and
+    ``idk`` says that greedy decoding would write all of it. With a plain set of ids, or a one-token phrase, both come
+    from the first token alone.
     """
-    del backend, state  # the first-token signals need only the logits
-    return scoring.signals(logits, idk_ids)
+    sig = scoring.signals(logits, idk_ids)
+    sequences = getattr(idk_ids, "sequences", ())  # a NotFoundIds: the whole phrase, per tokenization
+    if all(len(seq) == 1 for seq in sequences):
+        return sig  # the first token is the whole phrase (or a plain set of ids was given): nothing to teacher-force
+    prob = torch.zeros_like(sig.not_found_prob)
+    idk = torch.zeros_like(sig.idk)
+    first = torch.softmax(logits.float(), -1)
+    states: State | None = None
+    for seq in sequences:
+        # rows where the phrase's first token is below PURSUE cannot write it greedily and add < PURSUE to its probability
+        rows = (first[:, seq[0]] >= PURSUE).nonzero().flatten().tolist() if len(seq) > 1 else list(range(len(prob)))
+        if not rows:
+            continue
+        forced = None
+        if len(seq) > 1:
+            states = states if states is not None else state()
+            sub = states if len(rows) == states.batch_size else backend.select(states, rows)
+            feed = torch.tensor([list(seq[:-1])] * len(rows), dtype=torch.long, device=logits.device)
+            with torch.inference_mode():
+                forced = backend.open(sub).feed(feed, all_logits=True)
+        p, greedy = scoring.phrase_probability(logits[rows], seq, forced)
+        prob[rows] += p.cpu()
+        idk[rows] |= greedy.cpu()
+    return scoring.Signals(sig.entropy, sig.top_prob, prob, idk)
 
 
 def enters_top(

@@ -175,8 +175,8 @@ class ChunkScore:
     rank: int  # 0 is best
     entropy: float
     top_prob: float
-    not_found_prob: float  # probability that the answer starts with the not-found phrase's first token
-    idk: bool  # the model's most likely first token starts the not-found answer
+    not_found_prob: float  # probability of answering with the not-found phrase (the whole phrase, teacher-forced)
+    idk: bool  # greedy decoding would answer with the not-found phrase
     score: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,8 +238,10 @@ class Ranking:
 
     @property
     def best(self) -> ChunkScore | None:
-        """The best chunk that did not abstain, or None when every chunk abstained."""
-        return next((s for s in self.scores if not s.idk), None)
+        """The chunk to answer from: with the IDK filter on, the best chunk that did not abstain (None when every chunk
+        abstained); with it off, the first chunk. An abstaining chunk's ``score`` carries
+        :data:`overflow_core.scoring.ABSTAIN_PENALTY` (1000) exactly when the filter was on, which is how this knows."""
+        return next((s for s in self.scores if not (s.idk and s.score < -500.0)), None)
 
     def top(self, k: int) -> tuple[ChunkScore, ...]:
         return self.scores[:k]
