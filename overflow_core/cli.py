@@ -4,6 +4,7 @@
     oprm ask -q QUESTION --index PATH
     oprm index FILE... --out PATH
     oprm demo
+    oprm models [PATH]  (the supported families; with PATH, whether and how that model folder would run)
     (ask, index and demo load the model with --model NAME_OR_PATH --revision R --device D --dtype T
      --trust-remote-code --preset P; see docs/own-model.md)
     oprm bench ...     (the benchmark harness, see overflow_core.bench)
@@ -238,6 +239,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(model=args.model, out=sys.stdout, **_load_options(args))
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    """Without PATH: the supported families. With PATH: whether and how that model folder would run (exit 1 if not)."""
+    from overflow_core.backends import UNSUPPORTED, describe_checkpoint, family_table
+
+    if args.path is None:
+        rows = [("model_type", "family", "backend", "continuation", "public checkpoints"), *family_table()]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + f"  {r[4]}\n")
+        sys.stdout.write("\nrefused:\n")
+        for model_type, why in UNSUPPORTED.items():
+            sys.stdout.write(f"  {model_type}: {why}\n")
+        return 0
+    report = describe_checkpoint(args.path)
+    sys.stdout.write("\n".join(report.lines()) + "\n")
+    return 0 if report.runs else 1
+
+
 def _cmd_eval_moved(args: argparse.Namespace) -> int:
     sys.stderr.write(
         "oprm eval: error: the bundled model's evaluation moved with its training recipe; from a clone of the "
@@ -306,6 +325,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     longbench.add_argument("rest", nargs=argparse.REMAINDER)
     longbench.set_defaults(func=None, target="overflow_core.longbench.cli")
+
+    models = sub.add_parser("models", help="the supported model families; with PATH, whether a model folder would run")
+    models.add_argument("path", nargs="?", default=None, metavar="PATH", help="a model folder (config.json is read)")
+    models.set_defaults(func=_cmd_models)
 
     evaluate = sub.add_parser("eval", help="moved: the bundled model's evaluation is python -m training.evaluate")
     evaluate.add_argument("rest", nargs=argparse.REMAINDER)

@@ -9,6 +9,7 @@ disagrees.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from overflow_core.backends.base import Backend, Session, State
@@ -20,11 +21,14 @@ __all__ = [
     "SUPPORTED",
     "UNSUPPORTED",
     "Backend",
+    "CheckpointReport",
     "DynamicCacheBackend",
     "Family",
     "Session",
     "State",
+    "describe_checkpoint",
     "family_of",
+    "family_table",
     "resolve_backend",
 ]
 
@@ -163,3 +167,93 @@ def resolve_backend(model: Any) -> Backend:
 
         return XlstmBackend(model, name=family.model_type)
     raise AssertionError(f"FAMILIES row {family.model_type!r} names an unknown backend {family.backend!r}")
+
+
+@dataclass(frozen=True)
+class CheckpointReport:
+    """Whether and how a model folder would run, read from its files without loading any weights.
+
+    Attributes:
+        folder: the folder looked at.
+        model_type: ``config.json``'s ``model_type`` (``None`` when it has none).
+        family: the table's row for it, or ``None``.
+        runs: whether Overflow would run it (given ``trust_remote_code=True`` when ``remote_code`` is set).
+        problems: why it would not run, one line each.
+        notes: what else a user should know (remote code, no tokenizer, no overflow.json), one line each.
+    """
+
+    folder: str
+    model_type: str | None
+    family: Family | None
+    runs: bool
+    problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def lines(self) -> list[str]:
+        """The report as lines of text (what ``oprm models PATH`` prints)."""
+        out = [f"{self.folder}: model_type {self.model_type!r}"]
+        if self.family is not None:
+            f = self.family
+            out.append(
+                f"  family: {f.label}; backend {f.backend}; continuation {f.continuation}; "
+                f"state {'recurrent + attention keys/values (grows with the chunk)' if f.attention else 'fixed-size'}"
+            )
+        out.extend(f"  problem: {p}" for p in self.problems)
+        out.extend(f"  note: {n}" for n in self.notes)
+        out.append(f"  would run: {'yes' if self.runs else 'no'}")
+        return out
+
+
+def describe_checkpoint(folder: str | Path) -> CheckpointReport:
+    """Read ``folder``'s ``config.json`` (and which files are there) and say whether Overflow would run it and how.
+
+    Nothing is imported from the folder and no weights are read.
+
+    Example:
+        >>> describe_checkpoint("overflow_core/models/default").runs  # doctest: +SKIP
+        True
+    """
+    import json
+
+    from overflow_core.errors import InputError
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise InputError(f"model folder: expected a folder with config.json, {str(path)!r} is not a folder")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise InputError(f"model folder {str(path)!r}: expected a config.json in it, found none")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"model folder {str(path)!r}: config.json is not readable JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"model folder {str(path)!r}: config.json holds a {type(config).__name__}, not an object")
+    model_type = config.get("model_type")
+    problems: list[str] = []
+    notes: list[str] = []
+    family: Family | None = None
+    try:
+        family = family_of(model_type)
+    except UnsupportedModelError as exc:
+        problems.append(str(exc))
+    names = {p.name for p in path.iterdir()}
+    if not any(n.endswith((".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")) for n in names):
+        problems.append("no weights (*.safetensors or *.bin) in the folder")
+    if not names & {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json"}:
+        problems.append("no tokenizer files (tokenizer.json, tokenizer_config.json, ...) in the folder")
+    if config.get("auto_map"):
+        notes.append(
+            "ships its own modeling code (auto_map): it runs only with trust_remote_code=True "
+            "(oprm: --trust-remote-code), after you have read that code"
+        )
+    if family is not None and family.text_type:
+        notes.append(f"a multimodal wrapper config: its text model ({family.text_type}) is what runs")
+    if "overflow.json" not in names:
+        notes.append("no overflow.json: the paper's settings (or the model's preset) apply")
+    return CheckpointReport(str(path), model_type, family, not problems, tuple(problems), tuple(notes))
+
+
+def family_table() -> list[tuple[str, str, str, str, str]]:
+    """``(model_type, family, backend, continuation, examples)`` rows of :data:`FAMILIES` (``oprm models``)."""
+    return [(f.model_type, f.label, f.backend, f.continuation, f.examples) for f in FAMILIES.values()]
