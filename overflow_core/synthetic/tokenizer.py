@@ -9,7 +9,7 @@ Byte-level means any text, in any script, is encodable (unknown words just take 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from overflow_core.synthetic.facts import Curriculum, FactWorld
@@ -35,8 +35,16 @@ def _corpus(n: int, seed: int) -> Iterator[str]:
         yield "Read the document and answer the question.\n<doc>\n</doc>\nInstruction: Answer:"
 
 
-def train_tokenizer(out_dir: str | Path, *, vocab_size: int = 2048, samples: int = 20000, seed: int = 1) -> Path:
-    """Train the tokenizer on generated training text and save it as a Hugging Face tokenizer folder.
+def train_tokenizer(
+    out_dir: str | Path,
+    *,
+    vocab_size: int = 2048,
+    samples: int = 20000,
+    seed: int = 1,
+    texts: Iterable[str] | None = None,
+) -> Path:
+    """Train the tokenizer on generated training text (or on ``texts`` when given) and save it as a Hugging Face
+    tokenizer folder.
 
     Example:
         >>> path = train_tokenizer("/tmp/tok", samples=200)  # doctest: +SKIP
@@ -59,7 +67,7 @@ def train_tokenizer(out_dir: str | Path, *, vocab_size: int = 2048, samples: int
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(samples, seed), trainer=trainer)
+    tok.train_from_iterator(_corpus(samples, seed) if texts is None else texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token=PAD, eos_token=END, additional_special_tokens=[USER, ASSISTANT]
     )
