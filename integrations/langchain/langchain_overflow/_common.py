@@ -184,6 +184,10 @@ class OverflowGenerationParams(EngineSource):
             raise TypeError(f"{cls.__name__}.from_pretrained: engine/engine_kwargs: give settings as keywords instead")
         fields_ = {k: v for k, v in kwargs.items() if k in own}
         settings = {k: v for k, v in kwargs.items() if k not in own}
+        if "model" in fields_:
+            if name_or_path is not None and str(fields_["model"]) != str(name_or_path):
+                raise TypeError(f"{cls.__name__}.from_pretrained: name_or_path and model= name different models")
+            name_or_path = fields_.pop("model")
         engine = load_engine(name_or_path, settings)
         model = str(name_or_path) if name_or_path is not None else engine.name
         return cls(engine=engine, model=_display_model(model, engine), **fields_)

@@ -83,6 +83,7 @@ def test_from_pretrained_splits_fields_from_engine_settings_and_shares_the_engin
     llm = OverflowLLM.from_pretrained(folder, chunk_tokens=32, max_new_tokens=5)
     assert llm.engine is chat.engine, "the same checkpoint and settings: one engine, one state cache"
     assert ChatOverflow.from_pretrained(folder).engine is not chat.engine, "other settings: another engine"
+    assert ChatOverflow.from_pretrained(model=str(folder), chunk_tokens=32, max_new_tokens=5).engine is chat.engine
     usage = chat.invoke("Hello").usage_metadata
     assert usage is not None and usage["output_tokens"] <= 3
 

@@ -188,3 +188,22 @@ def test_no_warning_without_a_missed_reuse(engine: OPRM, retriever: OverflowRetr
         ({"context": retriever, "question": RunnablePassthrough()} | overflow_rag_prompt(engine) | chat).invoke(
             QUESTION
         )
+
+
+def test_the_handoff_holds_without_a_chat_template_too(engine: OPRM, docs: list[Document]) -> None:
+    """A tokenizer without a chat template: the engine's prompt is a plain instruction template, and the human message
+    is that whole prompt (no template markers to strip); the chain still runs no prompt token twice."""
+    import copy
+
+    from langchain_overflow import create_overflow_chain
+
+    tokenizer = copy.deepcopy(engine.tokenizer)
+    tokenizer.chat_template = None
+    plain = OPRM(engine.model, tokenizer, engine.config)
+    assert plain.template.prefix.startswith("Instruction:"), plain.template
+    retriever = OverflowRetriever(engine=plain, documents=docs, k=2)
+    message = overflow_rag_prompt(plain).invoke({"context": retriever.invoke(QUESTION), "question": QUESTION})
+    assert message.to_messages()[0].text == plain.user_message(retriever.invoke(QUESTION)[0].page_content, QUESTION)
+    with no_handoff_warning():
+        answer = create_overflow_chain(retriever, ChatOverflow(engine=plain, max_tokens=4)).invoke(QUESTION)
+    assert answer.response_metadata["prompt_forward_tokens"] == 0
