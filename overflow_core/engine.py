@@ -50,6 +50,8 @@ class OPRM:
     def __init__(
         self, model: Any, tokenizer: Any, config: OPRMConfig | None = None, *, name: str | None = None
     ) -> None:
+        if config is not None and not isinstance(config, OPRMConfig):
+            raise ConfigError(f"config: expected an OPRMConfig or None, got {type(config).__name__}")
         self.config = config or OPRMConfig()
         self.model = model.eval()
         self.tokenizer = tokenizer

@@ -463,6 +463,15 @@ def test_bad_per_call_option_is_refused_naming_it(engine: Any, call: dict[str, A
         oprm.answer("What is it?", ["Some text. More text."], **call)
 
 
+def test_engine_config_of_the_wrong_type_is_refused() -> None:
+    tok = tokenizer("bundled")
+    base = _tiny_engine(tok)
+    from overflow_core import OPRM
+
+    with pytest.raises(ConfigError, match="config"):
+        OPRM(base.model, tok, {"chunk_tokens": 64})  # type: ignore[arg-type]
+
+
 def test_from_pretrained_settings_are_checked(model_dir: Any) -> None:
     from overflow_core import OPRM
 
