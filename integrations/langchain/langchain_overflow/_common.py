@@ -1,7 +1,8 @@
-"""What the chat model and the completion model share: their decoding fields and the one engine call they both make.
+"""What the classes share: where their engine comes from, and the models' decoding fields and engine call.
 
-Both translate LangChain arguments to :meth:`overflow_core.OPRM.complete` keyword arguments and LangChain usage fields;
-neither holds any tensor math.
+:class:`EngineSource` gives every class ``engine=`` / ``model=`` / ``engine_kwargs=``. Both models translate LangChain
+arguments to :meth:`overflow_core.OPRM.complete` keyword arguments and LangChain usage fields; neither holds any tensor
+math.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ T = TypeVar("T")
 
 _PER_CALL = ("temperature", "max_tokens", "top_k", "top_p", "seed")
 _ENGINE_SETTINGS = frozenset(f.name for f in fields(OPRMConfig))
-_HINTS = {"max_new_tokens": "max_tokens", "max_length": "max_tokens", "n_ctx": None, "model_name": "model",
-          "model_id": "model", "model_path": "model", "random_seed": "seed"}  # fmt: skip
+_HINTS = {"max_new_tokens": "max_tokens", "max_length": "max_tokens", "model_name": "model", "model_id": "model",
+          "model_path": "model", "random_seed": "seed"}  # fmt: skip
 _REMOTE = frozenset({"timeout", "request_timeout", "max_retries", "api_key", "base_url", "api_base", "organization"})
 
 
