@@ -26,10 +26,35 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
-def tiny_engine(tmp_path_factory: pytest.TempPathFactory) -> OPRM:
-    """A random tiny Mamba-2 engine (chunk_tokens 48, 8 new tokens): meaningless answers, real plumbing."""
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny Mamba-2 model folder (chunk_tokens 48, 8 new tokens in its settings)."""
     tokenizer_dir = make_tokenizer_dir(tmp_path_factory.mktemp("tok"))
-    return OPRM.from_pretrained(make_tiny_model_dir(tmp_path_factory.mktemp("model"), tokenizer_dir))
+    return Path(make_tiny_model_dir(tmp_path_factory.mktemp("model"), tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir: Path) -> OPRM:
+    """A random tiny Mamba-2 engine: meaningless answers, real plumbing."""
+    return OPRM.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def events() -> Iterator[list[Any]]:
+    """Every LlamaIndex instrumentation event emitted during the test, in order."""
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+
+    seen: list[Any] = []
+
+    class Collect(BaseEventHandler):
+        def handle(self, event: Any, **kwargs: Any) -> None:
+            seen.append(event)
+
+    root = get_dispatcher()
+    handler = Collect()
+    root.add_event_handler(handler)
+    yield seen
+    root.event_handlers.remove(handler)
 
 
 @pytest.fixture(scope="session")

@@ -73,7 +73,7 @@ class OverflowRetriever(BaseRetriever):
         whole_nodes: return the ``similarity_top_k`` best of the nodes given, each whole and once, scored by its best
             chunk, instead of the best chunks.
 
-    A query of the form ``"input is <question>\n"`` (what LlamaIndex's ``RetrieverTool`` makes of an agent's
+    A query of the form ``"\\ninput is <question>\\n"`` (what LlamaIndex's ``RetrieverTool`` makes of an agent's
     ``{"input": question}``) is scored as ``<question>``.
 
     Example:

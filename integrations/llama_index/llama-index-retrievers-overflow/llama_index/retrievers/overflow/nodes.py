@@ -51,8 +51,8 @@ RETRIEVAL_SCORE_KEY = "retrieval_score"  # the score a node had before re-rankin
 SCORE_KEYS = (ENTROPY_KEY, RANK_KEY, IDK_KEY, NOT_FOUND_PROB_KEY, RETRIEVAL_SCORE_KEY)
 _SOURCE = "source"  # the core's metadata key naming a document; here it holds the piece's key
 _MARGIN = 4  # tokens kept free where header and piece meet (merges at the seam may differ by a token)
-# RetrieverTool turns a call with one `input` argument into the query "input is <question>\n"
-_TOOL_QUERY = re.compile(r"input is (.*)\n", re.S)
+# RetrieverTool turns a call with one `input` argument into the query "\ninput is <question>\n"
+_TOOL_QUERY = re.compile(r"\n?input is (.*)\n", re.S)
 
 
 def node_text(node: BaseNode) -> str:
@@ -66,7 +66,7 @@ def is_abstaining(node: NodeWithScore) -> bool:
 
 
 def question_of(query_str: str) -> str:
-    """The question in a query string: LlamaIndex's ``RetrieverTool`` sends ``"input is <question>\\n"`` for an agent's
+    """The question in a query string: LlamaIndex's ``RetrieverTool`` sends ``"\\ninput is <question>\\n"`` for an agent's
     ``{"input": question}`` call, and the model must score the question, not that wrapper."""
     match = _TOOL_QUERY.fullmatch(query_str)
     return match.group(1) if match else query_str
