@@ -265,6 +265,15 @@ def test_limit_extends_a_run_and_length_buckets_fill(one_thread: None, tmp_path:
     assert len(load_records(out)) == 2 * 1 * 3  # only the third items were added
     e = json.loads(out.with_suffix(".summary.json").read_text())["e"]
     assert all(e["datasets"]["hotpotqa"]["oprm@96"][b] is not None for b in ("0-4k", "4-8k", "8k+"))
+    # a crash in the middle of writing the last record: that record is redone, the file stays one record a line
+    whole = out.read_text()
+    last = whole.splitlines()[-1]
+    out.write_text(whole[: len(whole) - len(last) // 2 - 1])
+    assert len(load_records(out)) == 2 * 1 * 3 - 1
+    assert _main(out, "--datasets", "hotpotqa_e,lcc_e", "--limit", "3", "--mode", "oprm", "--no-plot") == 0
+    records = load_records(out)
+    assert len(records) == 2 * 1 * 3 and len({r["key"] for r in records}) == 6
+    assert json.loads(out.read_text().splitlines()[-1])["key"] == json.loads(last)["key"]
 
 
 def test_cli_mistakes_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

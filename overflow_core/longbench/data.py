@@ -247,7 +247,8 @@ def find_sources(data_dir: str | Path, names: Sequence[str] | None = None) -> li
         )
     missing = [n for n in wanted if n not in available and n in explicit]
     if missing:
-        raise InputError(f"--data {root}: no file for {', '.join(missing)} (expected e.g. {missing[0]}.jsonl)")
+        example = "data.json" if missing[0] == "v2" else f"{missing[0]}.jsonl"
+        raise InputError(f"--data {root}: no file for {', '.join(missing)} (expected e.g. {example})")
     chosen = [available[n] for n in wanted if n in available]
     if not chosen:
         raise InputError(f"--data {root}: none of the requested datasets has a file there")

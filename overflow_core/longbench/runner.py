@@ -108,21 +108,37 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     records: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                if n > 1 and not f.read().strip():  # a last line cut short by a crash: drop it, it is redone
-                    logger.warning("%s: line %d is incomplete and will be redone", path, n)
-                    break
-                raise InputError(f"--out {path}: line {n} is not JSON ({exc.msg}); is it a LongBench results file?") from exc
-            if not isinstance(rec, dict) or "key" not in rec or "score" not in rec:
-                raise InputError(f"--out {path}: line {n} is not a LongBench result (no key/score); refusing to append")
-            records.append(rec)
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if n == len(lines):  # the last line, without its newline: a write cut short by a crash; it is redone
+                logger.warning("%s: line %d is incomplete and will be redone", path, n)
+                break
+            raise InputError(f"--out {path}: line {n} is not JSON ({exc.msg}); is it a LongBench results file?") from exc
+        if not isinstance(rec, dict) or "key" not in rec or "score" not in rec:
+            raise InputError(f"--out {path}: line {n} is not a LongBench result (no key/score); refusing to append")
+        records.append(rec)
     return records
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a last line that a crash left without its newline (:func:`load_records` skipped it), so appends stay lines."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        try:
+            json.loads(data[data.rfind(b"\n") + 1 :])
+        except ValueError:  # cut short: drop it (it was not counted as done)
+            f.truncate(data.rfind(b"\n") + 1)
+        else:  # a whole record that only lacks its newline
+            f.write(b"\n")
 
 
 class Runner:
@@ -187,7 +203,9 @@ class Runner:
                 template=template,
                 not_found=self.not_found,
                 idk_filter=idk,
-                chunk_tokens=chunk_tokens if mode == "oprm" else _VANILLA_CHUNK,
+                # vanilla and code completion (whose last chunk is read as one sequence) need no chunk limit
+                chunk_tokens=chunk_tokens if mode == "oprm" and (spec is None or spec.handling != "last_chunk")
+                else _VANILLA_CHUNK,
                 overlap_tokens=0 if mode == "vanilla" else None,
                 max_new_tokens=self._budget(spec),
                 state_cache_bytes=0,  # no continuation here: keep no states beyond the call
@@ -286,6 +304,7 @@ class Runner:
         from tqdm import tqdm
 
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        _drop_partial_line(self.out)
         for source in sources:
             items = list(read_items(source))
             if self.settings.limit is not None:
