@@ -212,6 +212,7 @@ def _bars(ax: Any, groups: Sequence[str], series: dict[str, list[float]], title:
     ax.set_xticklabels(groups, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
+    ax.set_ylim(0, max(1.0, *(v for vals in series.values() for v in vals)) * 1.1)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
 
@@ -233,9 +234,11 @@ def plot(summary: dict[str, Any], path: str | Path) -> Path:
     for ax, panel in zip(axes[:, 0], panels, strict=True):
         if panel == "v1":
             v1 = summary["v1"]
-            groups = [*v1["datasets"], "Avg"]
+            # the paper's figure: English datasets and their average; with Chinese ones too, the average over all
+            lang = "en" if all(DATASETS[n].language != "zh" for n in v1["datasets"]) else "all"
+            groups = [*v1["datasets"], f"Avg ({lang})"]
             series = {r: [*(v1["datasets"][n][r]["score"] or 0.0 for n in v1["datasets"]),
-                          v1["average"][r]["all"] or 0.0] for r in runs}
+                          v1["average"][r][lang] or 0.0] for r in runs}
             _bars(ax, groups, series, f"LongBench: OPRM vs vanilla ({model})", "score")
         elif panel == "e":
             groups = [*E_BUCKETS, "all"]
