@@ -283,9 +283,13 @@ def test_cli_mistakes_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path:
     assert "unknown hotpot" in capsys.readouterr().err
     assert cli.main(["--data", str(FIXTURES), "--out", str(tmp_path / "o.jsonl"), "--mode", "fast"]) == 2
     assert "--mode: expected oprm and/or vanilla" in capsys.readouterr().err
+    assert cli.main(["--data", str(FIXTURES), "--out", str(tmp_path)]) == 2
+    assert "got a folder" in capsys.readouterr().err
     garbage = tmp_path / "g.jsonl"
     garbage.write_text('{"something": "else"}\n')
     assert cli.main(["--data", str(FIXTURES), "--out", str(garbage), "--report-only"]) == 2
+    assert "not a LongBench result" in capsys.readouterr().err
+    assert cli.main(["--data", str(FIXTURES), "--out", str(garbage), "--datasets", "hotpotqa"]) == 2  # before loading
     assert "not a LongBench result" in capsys.readouterr().err
     assert garbage.read_text() == '{"something": "else"}\n'
 

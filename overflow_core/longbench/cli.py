@@ -112,8 +112,22 @@ def _check_plot(args: argparse.Namespace) -> None:
         ) from exc
 
 
+def _check_out(out: str) -> None:
+    """Refuse an unusable ``--out`` before the model loads: a folder, a path under a file, a file that holds no results."""
+    from pathlib import Path
+
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"--out {out}: expected a results file (e.g. {path / 'results.jsonl'}), got a folder")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
+    load_records(path)  # a file that is not a results file is refused here, untouched
+
+
 def run(args: argparse.Namespace) -> int:
     _check_plot(args)
+    _check_out(args.out)
     if args.report_only:
         records = load_records(args.out)
         if not records:
