@@ -12,7 +12,7 @@ import math
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +75,7 @@ def _bytes(tensor: torch.Tensor) -> Any:
 def _samples(tensor: torch.Tensor) -> bytes:
     flat = tensor.detach().reshape(-1)
     if flat.numel() > _SAMPLES:
-        flat = flat[torch.linspace(0, flat.numel() - 1, _SAMPLES, device=flat.device).long()]
+        flat = flat[torch.arange(_SAMPLES, device=flat.device) * (flat.numel() - 1) // (_SAMPLES - 1)]
     return bytes(_bytes(flat))
 
 
@@ -105,19 +105,26 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     return digest
 
 
-def weights_digest(named: Iterable[tuple[str, torch.Tensor]], threads: int = _THREADS) -> str:
+def weights_digest(
+    named: Iterable[tuple[str, torch.Tensor | Callable[[], torch.Tensor]]], threads: int = _THREADS
+) -> str:
     """One sha256 over every tensor's name, dtype, shape and the sha256 of all its bytes, in name order.
 
-    Tensors are hashed in ``threads`` threads, a few at a time (memory stays bounded for a model on a GPU)."""
+    A tensor may be given as a function that returns it (loaded when its turn comes). Tensors are hashed in ``threads``
+    threads, a few at a time, so memory stays bounded (a model on a GPU is copied to the CPU a tensor at a time)."""
     items = sorted(named, key=lambda item: item[0])
-    digests: list[str] = []
+
+    def one(item: tuple[str, torch.Tensor | Callable[[], torch.Tensor]]) -> str:
+        name, value = item
+        tensor = value() if callable(value) else value
+        return f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|{tensor_digest(tensor)}\n"
+
+    total = hashlib.sha256()
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         window = max(1, threads) * 2
         for start in range(0, len(items), window):
-            digests.extend(pool.map(lambda item: tensor_digest(item[1]), items[start : start + window]))
-    total = hashlib.sha256()
-    for (name, tensor), digest in zip(items, digests, strict=True):
-        total.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|{digest}\n".encode())
+            for line in pool.map(one, items[start : start + window]):
+                total.update(line.encode())
     return total.hexdigest()
 
 

@@ -8,6 +8,7 @@ and answering are the same functions the engine uses (:mod:`overflow_core.select
 from __future__ import annotations
 
 import errno
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -413,7 +414,7 @@ class StateIndex:
         """
         if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, int) or shard_bytes < 1:
             raise ConfigError(f"shard_bytes: expected a positive number of bytes, got {shard_bytes!r}")
-        if not isinstance(path, (str, Path)) or not str(path):
+        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
             raise InputError(f"path: expected a folder path, got {path!r}")
         folder = Path(path)
         try:
