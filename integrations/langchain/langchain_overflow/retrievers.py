@@ -10,7 +10,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import ToolException
-from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from langchain_overflow import _handoff
 from langchain_overflow._common import EngineSource
@@ -103,8 +103,6 @@ class OverflowRetriever(EngineSource, BaseRetriever):
     relevance_score: bool = False
     """Also set ``metadata["relevance_score"]``: a 0-1 score in rank order, above 0.5 exactly for answering chunks."""
 
-    _core_docs: list[tuple[str, dict[str, Any]]] | None = PrivateAttr(default=None)
-
     @field_validator("documents", mode="before")
     @classmethod
     def _as_documents(cls, value: Any) -> list[Document]:
@@ -182,9 +180,8 @@ class OverflowRetriever(EngineSource, BaseRetriever):
         return self.engine
 
     def _core(self) -> list[tuple[str, dict[str, Any]]]:
-        if self._core_docs is None:
-            self._core_docs = [to_core(d, self.metadata_key) for d in self.documents]
-        return self._core_docs
+        """The documents as the engine takes them (read on every call: ``documents`` may have been changed since)."""
+        return [to_core(d, self.metadata_key) for d in self.documents]
 
     def rank(self, query: str, k: int | None = None) -> Ranking:
         """The engine's full :class:`overflow_core.Ranking` of the top ``k`` chunks (timings and token counts included)."""
