@@ -218,7 +218,8 @@ def check(
     cause = _missed(engine, prompt_ids, text, kind, n_messages, has_system)
     if cause is None:
         return
-    message = f"{type(model).__name__}: no state handoff, {forward_tokens} prompt tokens were run again: {cause}"
+    # no token count in the warning: one text per cause, so Python's warning filter shows it once, not on every call
+    message = f"{type(model).__name__}: no state handoff, the whole prompt was run again: {cause}"
     if getattr(model, "strict_handoff", False):
-        raise HandoffError(message)
+        raise HandoffError(f"{message} ({forward_tokens} prompt tokens)")
     warnings.warn(message, HandoffWarning, stacklevel=4)
