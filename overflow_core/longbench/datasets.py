@@ -46,7 +46,8 @@ class DatasetSpec:
         name: LongBench's name (its file is ``{name}.jsonl``, the LongBench-E file ``{name}_e.jsonl``).
         prompt: LongBench's prompt with ``{context}`` and, for most datasets, ``{input}``.
         max_new_tokens: LongBench's generation budget.
-        paper_max_new_tokens: the budget of the paper's script (shorter: 20 for QA, 250-500 for summaries).
+        paper_max_new_tokens: the budget of the paper's script (shorter: 20 for QA, 250-500 for summaries); for the
+            Chinese datasets, which the script does not run, that of their English counterparts.
         metric: LongBench's metric (see :mod:`overflow_core.longbench.metrics`).
         category / language: what LongBench's averages group by; code counts in both languages' averages.
         handling: ``"select"`` (OPRM: decode from the lowest-entropy chunk), ``"summarize"`` (decode from every chunk and

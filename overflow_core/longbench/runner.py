@@ -272,6 +272,7 @@ class Runner:
             "error": None,
             "chunks": 1 if last_chunk else len(ranking.scores) if ranking is not None else None,
             "chosen_chunk": answer.chunk.chunk.index if answer.chunk is not None else None,
+            "parts": len(answer.parts) if engine_mode == "summarize" else None,  # chunks decoded and joined
             "prompt_tokens": answer.usage.prompt_tokens,
             "generated_tokens": answer.usage.generated_tokens,
             "seconds": round(time.perf_counter() - t0, 4),
