@@ -605,7 +605,7 @@ def test_model_sizes_come_from_the_cli_or_the_init_model_and_a_mismatch_is_refus
     _tiny_export(init)
     assert init_architecture(init) == {"hidden_size": 32, "layers": 1, "state_size": 8, "head_dim": 16}
     seen: list[TrainConfig] = []
-    monkeypatch.setattr(train_module, "train", lambda run, cfg: seen.append(cfg))
+    monkeypatch.setattr(train_module, "train", lambda run, cfg, **_: seen.append(cfg))
     main(["--run", str(tmp_path / "a"), "--stage", "2", "--init", str(init)])
     main(["--run", str(tmp_path / "b"), "--hidden-size", "384", "--layers", "6"])
     assert (seen[0].hidden_size, seen[0].layers) == (32, 1)
@@ -680,3 +680,57 @@ def test_filler_probe_asks_the_same_facts_whatever_the_filler(engine: Any) -> No
     assert set(probe) == set(FILLER_VARIANTS)
     assert all(row["n"] == 2 and 0.0 <= row["em"] <= 1.0 and 0.0 <= row["not_found"] <= 1.0 for row in probe.values())
     assert filler_probe(engine("mamba2"), 0) == {}
+
+
+def test_composed_recipe_resumes_exactly_from_a_snapshot_and_checks_both_families(tmp_path: Any) -> None:
+    """The skill recipe (``--data composed``): a run stopped after two steps, snapshotted, and resumed elsewhere from the
+    snapshot ends with the weights of a run never stopped; the log keeps each step once; the in-training checks report
+    the seen and held-out families' present, hard-negative and per-chunk figures."""
+    import json
+    import shutil
+    from dataclasses import replace
+
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from overflow_core.synthetic.text import SourceMissingError, training_text
+    from overflow_core.synthetic.tokenizer import train_tokenizer
+    from training.skill import composed_corpus, skill_checks
+    from training.train import TrainConfig, build_model, encode_sample, snapshot, train
+
+    try:
+        training_text()
+    except SourceMissingError as e:
+        pytest.skip(f"training text not installed: {e}")
+    tok = train_tokenizer(tmp_path / "tok", vocab_size=2048, texts=composed_corpus(20, 1))
+    cfg = TrainConfig(  # type: ignore[arg-type]
+        **{**TINY, "checkpoint_every": 2}, steps=4, curriculum_steps=4, warmup=1, data="composed", schedule="wsd"
+    )
+    for name in ("whole", "split"):
+        shutil.copytree(tok, tmp_path / name / "tokenizer")
+    train(tmp_path / "whole", cfg)
+    train(tmp_path / "split", replace(cfg, steps=2))
+    snap = snapshot(tmp_path / "split", tmp_path / "snap")
+    train(tmp_path / "resumed", cfg, resume_from=snap)
+    whole = load_file(str(tmp_path / "whole" / "checkpoint" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "checkpoint" / "model.safetensors"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert json.loads((tmp_path / "resumed" / "checkpoint" / "state.json").read_text())["step"] == 4
+    with pytest.raises(ValueError, match="composed"):
+        TrainConfig(data="composed", stage=2, init="x")
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tok))
+    checks = skill_checks(build_model(cfg, tokenizer), tokenizer, encode_sample, seed=0, n=2, batch=2)
+    assert set(checks) == {f"{f}/{k}" for f in ("seen", "heldout") for k in ("present", "hard", "chunk")}
+
+
+def test_wsd_schedule_holds_the_peak_then_decays_over_the_last_share() -> None:
+    from training.train import TrainConfig, _lr
+
+    cfg = TrainConfig(steps=1000, warmup=100, lr=1e-3, min_lr_ratio=0.1, schedule="wsd", decay_share=0.2)
+    assert _lr(cfg, 0) == 1e-5 and _lr(cfg, 100) == _lr(cfg, 799) == 1e-3
+    assert abs(_lr(cfg, 900) - 0.55e-3) < 1e-9 and abs(_lr(cfg, 1000) - 1e-4) < 1e-12
+    longer = TrainConfig(steps=2000, warmup=100, lr=1e-3, schedule="wsd", decay_share=0.2)
+    assert _lr(longer, 900) == 1e-3, "extending a wsd run only moves its decay"

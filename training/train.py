@@ -45,7 +45,7 @@ from training.ssd import fast_chunk_scan
 
 logger = logging.getLogger("overflow_core.training")
 
-__all__ = ["TrainConfig", "answer_ids", "encode_sample", "export", "train"]
+__all__ = ["TrainConfig", "answer_ids", "encode_sample", "export", "snapshot", "train"]
 
 
 # TrainConfig fields that shape the weights, by their name in a transformers Mamba2Config
@@ -85,8 +85,26 @@ class TrainConfig:
     noise_share: float = 0.0  # share of filler sentences made of random vocabulary pieces (data.noise_sentence)
     free_value_share: float = 0.0  # share of values of any kind, whatever the attribute's name (data.free_value)
     symbol_share: float = 0.0  # share of attribute names made of random vocabulary pieces (data.symbol_attribute)
+    # "facts": the fact world of v1-v11 (overflow_core.synthetic.facts); "composed": the skill recipe (training.skill:
+    # the compositional generator over real text, its own tokenizer and curriculum, checks against the held-out family)
+    data: str = "facts"
+    schedule: str = "cosine"  # "cosine", or "wsd": warm-up, constant, then linear decay over the last decay_share
+    decay_share: float = 0.2
+    checkpoint_minutes: float = 0.0  # also checkpoint when this many minutes passed since the last one (0: off)
+    # the curriculum's length in steps (0: ``steps``): with it fixed, a run can be extended (more ``steps``, a later wsd
+    # decay) and still draw, for every step already taken, the data it drew before
+    curriculum_steps: int = 0
 
     def __post_init__(self) -> None:
+        if self.data not in ("facts", "composed"):
+            raise ValueError(f"data: expected 'facts' or 'composed', got {self.data!r}")
+        if self.data == "composed" and self.stage != 1:
+            raise ValueError(f"data 'composed': expected stage 1 (its curriculum has no stage 2), got {self.stage}")
+        if self.schedule not in ("cosine", "wsd") or not 0.0 < self.decay_share <= 1.0:
+            raise ValueError(
+                f"schedule {self.schedule!r}, decay_share {self.decay_share}: expected 'cosine' or 'wsd' and a share"
+                " in (0, 1]"
+            )
         if self.stage not in (1, 2):
             raise ValueError(f"stage: expected 1 (from scratch) or 2 (continuation), got {self.stage}")
         if (self.stage == 2) != bool(self.init):
@@ -127,6 +145,10 @@ class TrainConfig:
         return {k: v for k, v in given.items() if v is not None}
 
     def curriculum(self, progress: float) -> Curriculum:
+        if self.data == "composed":
+            from training.skill import curriculum
+
+            return curriculum(progress)
         if self.stage == 1:
             return Curriculum.at(progress)
         return replace(Curriculum.key_checking(progress), **self._overrides())
@@ -226,6 +248,10 @@ def weighted_loss(
 def _lr(cfg: TrainConfig, step: int) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "wsd":  # constant, then a linear decay: a longer run only moves the decay (resumable budgets)
+        decay_from = cfg.steps - cfg.decay_share * cfg.steps
+        t = max(0.0, (step - decay_from) / max(1.0, cfg.steps - decay_from))
+        return cfg.lr * (1 - (1 - cfg.min_lr_ratio) * min(t, 1.0))
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
@@ -279,6 +305,7 @@ def _save_checkpoint(run: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
                 opt_tensors[f"{i}.{name}"] = state[name].contiguous()
         if "step" in state:
             opt_tensors[f"{i}.step"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(1)
+    opt_tensors["torch_rng_state"] = torch.get_rng_state()
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "state.json").write_text(json.dumps({"step": step, "elapsed_s": elapsed}))
     final = run / "checkpoint"
@@ -305,8 +332,71 @@ def _load_checkpoint(run: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
                 "exp_avg_sq": tensors[f"{i}.exp_avg_sq"],
                 "step": tensors[f"{i}.step"].reshape(()),
             }
+    if "torch_rng_state" in tensors:
+        torch.set_rng_state(tensors["torch_rng_state"])
     state = json.loads((ckpt / "state.json").read_text())
     return int(state["step"]), float(state["elapsed_s"])
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the log records of steps after ``step`` (the checkpoint a run resumes from): those steps run again."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if int(record.get("step", 0)) <= step:
+            kept.append(line)
+    path.write_text("".join(f"{line}\n" for line in kept))
+
+
+SNAPSHOT_FILES = ("config.json", "log.jsonl")
+
+
+def snapshot(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Copy a run's last checkpoint (weights, optimizer moments, step, RNG), config, tokenizer and log to ``out_dir``: a
+    folder small enough to commit, from which ``--resume-from`` continues exactly. Safe while the run goes on."""
+    import shutil
+
+    run, out = Path(run_dir), Path(out_dir)
+    if not (run / "checkpoint" / "state.json").exists():
+        raise FileNotFoundError(f"--snapshot: expected a checkpoint in {run / 'checkpoint'}, got none")
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    shutil.copytree(run / "checkpoint", tmp / "checkpoint")
+    shutil.copytree(run / "tokenizer", tmp / "tokenizer")
+    for name in SNAPSHOT_FILES:
+        if (run / name).exists():
+            shutil.copy2(run / name, tmp / name)
+    step = json.loads((tmp / "checkpoint" / "state.json").read_text())["step"]
+    _truncate_log(tmp / "log.jsonl", step)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def _seed_from_snapshot(run: Path, folder: Path) -> None:
+    """Start ``run`` from a :func:`snapshot` when it has no checkpoint of its own."""
+    import shutil
+
+    if (run / "checkpoint" / "state.json").exists():
+        return
+    if not (folder / "checkpoint" / "state.json").exists():
+        raise FileNotFoundError(f"--resume-from {folder}: expected a --snapshot folder with checkpoint/state.json")
+    run.mkdir(parents=True, exist_ok=True)
+    for name in ("checkpoint", "tokenizer"):
+        if (run / name).exists():
+            shutil.rmtree(run / name)
+        shutil.copytree(folder / name, run / name)
+    for name in SNAPSHOT_FILES:
+        if (folder / name).exists():
+            shutil.copy2(folder / name, run / name)
 
 
 def init_architecture(folder: str | Path) -> dict[str, int]:
@@ -338,12 +428,15 @@ def _load_init(model: torch.nn.Module, folder: Path) -> None:
         )
 
 
-def train(run_dir: str | Path, cfg: TrainConfig) -> Path:
-    """Train (or resume) in ``run_dir``; returns the checkpoint folder."""
+def train(run_dir: str | Path, cfg: TrainConfig, resume_from: str | Path | None = None) -> Path:
+    """Train (or resume) in ``run_dir``; returns the checkpoint folder. ``resume_from``: a :func:`snapshot` to start
+    from when ``run_dir`` has no checkpoint."""
     from transformers import AutoTokenizer
 
     torch.set_num_threads(cfg.threads)
     run = Path(run_dir)
+    if resume_from:
+        _seed_from_snapshot(run, Path(resume_from))
     if cfg.init and not (Path(cfg.init) / "model.safetensors").is_file():
         raise FileNotFoundError(f"--init {cfg.init}: expected a model folder with model.safetensors (a stage-1 --export)")
     if cfg.init:
@@ -355,6 +448,10 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> Path:
     if not (run / "tokenizer" / "tokenizer.json").exists():
         if cfg.init:  # a continuation keeps the tokenizer its embeddings were trained with
             AutoTokenizer.from_pretrained(cfg.init).save_pretrained(str(run / "tokenizer"))
+        elif cfg.data == "composed":
+            from training.skill import train_skill_tokenizer
+
+            train_skill_tokenizer(run / "tokenizer", vocab_size=cfg.vocab_size, seed=cfg.seed + 1)
         else:
             train_tokenizer(run / "tokenizer", vocab_size=cfg.vocab_size, seed=cfg.seed + 1)
     tokenizer = AutoTokenizer.from_pretrained(str(run / "tokenizer"))
@@ -369,15 +466,22 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> Path:
         betas=(0.9, 0.95),
     )
     step, elapsed = _load_checkpoint(run, model, opt)
+    _truncate_log(run / "log.jsonl", step)
     pieces = _pieces(tokenizer) if cfg.noise_share or cfg.symbol_share else ()
-    world = FactWorld(
-        "train",
-        open_share=cfg.open_share,
-        noise_share=cfg.noise_share,
-        noise_pieces=pieces,
-        free_value_share=cfg.free_value_share,
-        symbol_share=cfg.symbol_share,
-    )
+    world: FactWorld
+    if cfg.data == "composed":
+        from overflow_core.synthetic.compose import ComposedWorld
+
+        world = ComposedWorld()
+    else:
+        world = FactWorld(
+            "train",
+            open_share=cfg.open_share,
+            noise_share=cfg.noise_share,
+            noise_pieces=pieces,
+            free_value_share=cfg.free_value_share,
+            symbol_share=cfg.symbol_share,
+        )
     log = (run / "log.jsonl").open("a")
     model.train()
     start = time.time() - elapsed
@@ -418,9 +522,10 @@ def _loop(
     start: float,
 ) -> None:
     multiple = PAD_MULTIPLE if cfg.compile else 1
+    last_save = time.time()
     while step < cfg.steps:
         rng = random.Random(cfg.seed * 1_000_003 + step)
-        ids, weights = _batch(tokenizer, world, rng, cfg, step / cfg.steps, multiple)
+        ids, weights = _batch(tokenizer, world, rng, cfg, step / (cfg.curriculum_steps or cfg.steps), multiple)
         for group in opt.param_groups:
             group["lr"] = _lr(cfg, step)
         with torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else nullcontext():
@@ -446,10 +551,19 @@ def _loop(
             log.write(json.dumps(record) + "\n")
             log.flush()
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            log.write(json.dumps({"step": step, "eval": quick_eval(model, tokenizer, seed=10_000 + cfg.seed)}) + "\n")
+            began = time.time()
+            if cfg.data == "composed":
+                from training.skill import skill_checks
+
+                checks = skill_checks(model, tokenizer, encode_sample, seed=10_000 + cfg.seed)
+            else:
+                checks = quick_eval(model, tokenizer, seed=10_000 + cfg.seed)
+            log.write(json.dumps({"step": step, "eval": checks, "eval_s": round(time.time() - began, 1)}) + "\n")
             log.flush()
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        due = cfg.checkpoint_minutes and time.time() - last_save >= 60 * cfg.checkpoint_minutes
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or due:
             _save_checkpoint(run, model, opt, step, time.time() - start)
+            last_save = time.time()
 
 
 def export(run_dir: str | Path, out_dir: str | Path) -> Path:
@@ -531,11 +645,38 @@ def main(argv: list[str] | None = None) -> None:
         help="torch.compile the model (needs a C++ compiler; 28-34%% less time a step, 34-50%% with --bf16)",
     )
     parser.add_argument("--no-fast-scan", action="store_true", help="use transformers' own Mamba-2 scan")
+    parser.add_argument(
+        "--data",
+        default=TrainConfig.data,
+        choices=("facts", "composed"),
+        help="facts: the fact world of v1-v11; composed: the skill recipe (training/skill.py, training/README.md)",
+    )
+    parser.add_argument("--schedule", default=TrainConfig.schedule, choices=("cosine", "wsd"))
+    parser.add_argument("--decay-share", type=float, default=TrainConfig.decay_share, help="wsd: share of steps decaying")
+    parser.add_argument("--vocab-size", type=int, default=TrainConfig.vocab_size)
+    parser.add_argument(
+        "--curriculum-steps",
+        type=int,
+        default=TrainConfig.curriculum_steps,
+        help="the curriculum's length in steps (default: --steps); fixed, it lets a run be extended",
+    )
+    parser.add_argument("--eval-every", type=int, default=TrainConfig.eval_every, help="steps between checks (0: none)")
+    parser.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, help="steps")
+    parser.add_argument(
+        "--checkpoint-minutes", type=float, default=TrainConfig.checkpoint_minutes, help="also checkpoint this often"
+    )
+    parser.add_argument(
+        "--snapshot", metavar="DIR", help="copy the run's last checkpoint, tokenizer, config and log to DIR and exit"
+    )
+    parser.add_argument("--resume-from", metavar="DIR", help="a --snapshot folder to start from if --run has none")
     parser.add_argument("--export", metavar="DIR", help="export the run's checkpoint as a model folder and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.export:
         print(export(args.run, args.export))
+        return
+    if args.snapshot:
+        print(snapshot(args.run, args.snapshot))
         return
     arch = init_architecture(args.init) if args.init else {}
     cfg = TrainConfig(
@@ -559,8 +700,16 @@ def main(argv: list[str] | None = None) -> None:
         noise_share=args.noise_share,
         free_value_share=args.free_value_share,
         symbol_share=args.symbol_share,
+        data=args.data,
+        schedule=args.schedule,
+        decay_share=args.decay_share,
+        vocab_size=args.vocab_size,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_minutes=args.checkpoint_minutes,
+        curriculum_steps=args.curriculum_steps,
     )
-    train(args.run, cfg)
+    train(args.run, cfg, resume_from=args.resume_from)
 
 
 def _thresholds(text: str) -> tuple[float, float, float]:
