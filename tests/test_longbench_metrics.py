@@ -75,6 +75,24 @@ def test_rouge_l_sentence_split_quirks_and_empty() -> None:
     assert m.rouge_l("Cat", "cat") == 0.0  # case is kept
 
 
+# (prediction, reference, F) with F computed by the rouge package 1.0.1 (LongBench's rouge_score: Rouge().get_scores(
+# [pred], [ref], avg=True)["rouge-l"]["f"]) on seeded random word strings; our implementation was also checked equal to
+# it on 3,000 such pairs (max |diff| 0), and the code similarity equal to rapidfuzz's fuzz.ratio rounded as fuzzywuzzy.
+_ROUGE_PACKAGE = [
+    ("cat mat. the a rose a on", "the rose dog the a mat mat a dog a rose mat", 0.7272727223140496),
+    ("Cat a dog", ". Cat the Cat Cat mat the dog the rose cat sat mat", 0.3999999958),
+    ("rose a Cat sat rose", "cat a Cat Cat. dog on a rose a Cat the Cat", 0.5454545408264463),
+    ("cost. rose mat on cost", "cost on sat dog cat dog a Cat sat rose cost on", 0.49999999555555563),
+    ("cost sat Cat a a rose mat cat on cat cost mat the.", "rose Cat on on", 0.33333332958333334),
+    ("on Cat cost Cat cost a a sat cost. a the sat.", ". cost sat mat. on the cost on cat Cat a", 0.7142857093877552),
+]
+
+
+@pytest.mark.parametrize(("prediction", "reference", "expected"), _ROUGE_PACKAGE)
+def test_rouge_l_equals_the_rouge_package(prediction: str, reference: str, expected: float) -> None:
+    assert m.rouge_l(prediction, reference) == pytest.approx(expected, abs=1e-12)
+
+
 def test_rouge_l_zh_over_characters() -> None:
     # pred chars 会议决定设立窗口 (8 distinct), gold 会议决定设立统一窗口 (10 distinct); LCS = the 8 pred chars
     # R = 8/10, P = 8/8, F = 2 * 0.8 / 1.8 = 8/9
