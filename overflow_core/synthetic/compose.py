@@ -77,6 +77,16 @@ def _letters(r: random.Random, lo: int, hi: int) -> str:
     return "".join(r.choice(string.ascii_uppercase) for _ in range(r.randint(lo, hi)))
 
 
+def _foreign_word(r: random.Random) -> str:
+    """One to four random non-ASCII characters, from UTF-8's two-, three- and four-byte ranges alike, so every lead and
+    continuation byte that valid UTF-8 can hold occurs in the input (the fortunes and the word list are ASCII)."""
+    chars = []
+    for _ in range(r.randint(1, 4)):
+        lo, hi = r.choice(((0xA1, 0x7FF), (0x800, 0xD7FF), (0xE000, 0xFFFD), (0x10000, 0x10FFFF)))
+        chars.append(chr(r.randint(lo, hi)))
+    return "".join(chars)
+
+
 @dataclass
 class ComposedWorld(FactWorld):
     """Draws training samples composed from real text (``text``, by default :func:`text.training_text`)."""
@@ -258,6 +268,8 @@ class ComposedWorld(FactWorld):
     def filler(self, r: random.Random) -> str:
         if r.random() < self.noise_rate:
             parts = [self._name(r) if r.random() < 0.2 else self._word(r) for _ in range(r.randint(4, 12))]
+            if r.random() < 0.4:  # the byte-level tokens of non-ASCII text ("é", "€", "ж", "東") are read too
+                parts.insert(r.randrange(len(parts) + 1), _foreign_word(r))
             return " ".join(parts).capitalize() + "."
         return r.choice(self.source.sentences)
 
