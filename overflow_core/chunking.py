@@ -4,7 +4,7 @@ Chunks never mix documents and remember their document and character span. A chu
 encoding of the chunk's text on its own (:func:`encode_text`), so whoever re-encodes a chunk's text (a framework adapter,
 a chat model, the state index) gets the same ids, and the same state. Pure Python over the tokenizer; no torch.
 
-What it guarantees, whatever the text and the tokenizer (and what ``tests/test_hardening_fuzz.py`` checks):
+What it guarantees, whatever the text and the tokenizer (and what ``tests/test_hardening.py`` checks):
 
 * Nothing is lost: ``chunk.text == document.text[chunk.start:chunk.end]``, and the chunks of a document, each minus the
   part the previous chunk already covered (the overlap), hold every non-whitespace character of the document, in order.

@@ -348,7 +348,7 @@ def test_tiny_chunks_terminate_or_refuse(chunk_tokens: int) -> None:
         ({"overlap_tokens": -1}, "overlap_tokens"),
     ],
 )
-def test_impossible_chunk_settings_are_refused_up_front(setting: dict[str, int], match: str) -> None:
+def test_impossible_chunk_settings_are_refused_up_front(setting: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         OPRMConfig(**setting)
 
