@@ -184,11 +184,19 @@ def _from_cache(repo_id: str, revision: str | None, cache: Path, token: Any) -> 
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    try:
+    try:  # the patterns a download of ours uses: a snapshot we fetched is complete for them, not for the whole repo
         folder = Path(
-            snapshot_download(repo_id, revision=revision, cache_dir=str(cache), token=token, local_files_only=True)
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                cache_dir=str(cache),
+                token=token,
+                local_files_only=True,
+                allow_patterns=_ALLOW,
+                ignore_patterns=_IGNORE,
+            )
         )
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError:  # IncompleteSnapshotError included
         return None
     return folder if (folder / "config.json").exists() and _has_weights(folder) else None
 

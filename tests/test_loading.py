@@ -195,6 +195,26 @@ def test_a_missing_revision_fails_in_one_line_naming_what_is_cached(offline: Pat
         OPRM.from_pretrained(TINY, revision="3" * 40)
 
 
+def test_a_snapshot_we_downloaded_is_complete_for_loading(
+    offline: Path, hub: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download records the repository's whole file list (``trees/<commit>.json``) and fetches only what loading
+    needs (safetensors, not the .bin or ONNX copies): the cache lookup must not call that incomplete, while a snapshot
+    missing its weights must be."""
+    from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache
+
+    cache = tmp_path / "cache"
+    shutil.copytree(offline, cache, symlinks=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    storage = cache / ("models--" + TINY.replace("/", "--"))
+    listed = [p.name for p in (storage / "snapshots" / REV1).iterdir()] + ["pytorch_model.bin", "onnx/model.onnx"]
+    write_tree_cache(str(storage), REV1, {name: TreeCacheEntry(size=1, blob_id="0" * 40) for name in listed})
+    assert loading.resolve(TINY).folder.name == REV1
+    (storage / "snapshots" / REV1 / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match=r"is not complete in the Hugging Face cache .*main -> 1111"):
+        loading.resolve(TINY)
+
+
 def test_the_environment_is_read_at_the_call(monkeypatch: pytest.MonkeyPatch, hub: dict[str, Any]) -> None:
     """HF_HUB_CACHE / HF_HUB_OFFLINE set after huggingface_hub was imported (its constants untouched) still apply."""
     monkeypatch.setenv("HF_HUB_CACHE", str(hub["cache"]))
