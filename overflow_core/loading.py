@@ -325,8 +325,11 @@ def _resolve_hub(repo_id: str, revision: str | None, cache: Path, token: Any) ->
     if hub_offline():
         rev = f" revision {revision!r}" if revision else ""
         if storage.is_dir():
+            ref = storage / "refs" / (revision or "main")
+            commit = ref.read_text().strip() if ref.is_file() else (revision or "")
+            state = "is only partly" if (storage / "snapshots" / commit).is_dir() else "is not"
             what = (
-                f"model {repo_id!r}{rev} is not complete in the Hugging Face cache at {cache} "
+                f"model {repo_id!r}{rev} {state} in the Hugging Face cache at {cache} "
                 f"(cached: {_cached_revisions(storage)})"
             )
         else:

@@ -189,7 +189,11 @@ def test_a_missing_revision_fails_in_one_line_naming_what_is_cached(offline: Pat
         OPRM.from_pretrained(TINY, revision="v9")
     message = str(err.value)
     assert "\n" not in message
-    assert "revision 'v9'" in message and f"main -> {REV1[:12]}" in message and f"v2 -> {REV2[:12]}" in message
+    assert (
+        "revision 'v9' is not in the Hugging Face cache" in message
+        and f"main -> {REV1[:12]}" in message
+        and f"v2 -> {REV2[:12]}" in message
+    )
     assert f"`hf download {TINY} --revision v9`" in message
     with pytest.raises(ModelLoadError, match="revision '3333"):
         OPRM.from_pretrained(TINY, revision="3" * 40)
@@ -211,7 +215,7 @@ def test_a_snapshot_we_downloaded_is_complete_for_loading(
     write_tree_cache(str(storage), REV1, {name: TreeCacheEntry(size=1, blob_id="0" * 40) for name in listed})
     assert loading.resolve(TINY).folder.name == REV1
     (storage / "snapshots" / REV1 / "model.safetensors").unlink()
-    with pytest.raises(ModelLoadError, match=r"is not complete in the Hugging Face cache .*main -> 1111"):
+    with pytest.raises(ModelLoadError, match=r"is only partly in the Hugging Face cache .*main -> 1111"):
         loading.resolve(TINY)
 
 
