@@ -114,3 +114,22 @@ def test_demo_runs(capsys: Any) -> None:
     v, n, o = (int(totals[i]) for i in (1, 2, 3))
     sv, ns, so = (int(stated[i]) for i in (1, 2, 3))
     assert out.count("\nQ: ") == n and 0 < ns < n and sv <= v and so <= o  # the breakdown is a part of the total
+
+
+def test_evaluation_reports_the_held_out_family_beside_the_seen_splits(tmp_path: Path) -> None:
+    """``--family all``: the fact world's two splits and the skill recipe's two (the compositional generator and the
+    held-out format family, issue #23) at every length, each row with its own questions."""
+    from overflow_core.synthetic.text import SourceMissingError, training_text
+    from training.evaluate import main
+
+    try:
+        training_text()
+    except SourceMissingError as e:
+        pytest.skip(f"training text not installed: {e}")
+    args = ["--samples", "1", "--absent", "1", "--lengths", "256", "--probe", "1", "--axes", "0", "--family", "all"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "model_eval.json").read_text())
+    splits = ["facts-seen", "facts-heldout", "skill-seen", "skill-heldout"]
+    assert [r["split"] for r in result["rows"]] == splits and result["family"] == "all"
+    assert all(r["samples"] == 1 and r["absent_samples"] == 1 for r in result["rows"])
+    assert list(result["first_token"]) == splits

@@ -83,6 +83,37 @@ EVAL_SEED = 987_654_321  # never used by training (training draws from seed * 1_
 SPLITS: tuple[tuple[str, Split], ...] = (("seen", "train"), ("heldout", "heldout"))  # reported name, FactWorld split
 
 
+def _facts_world(split: Split) -> Callable[[str], FactWorld]:
+    return lambda not_found: FactWorld(split, not_found=not_found)
+
+
+def _composed(not_found: str) -> FactWorld:
+    from overflow_core.synthetic.compose import ComposedWorld
+
+    return ComposedWorld(not_found=not_found)
+
+
+def _heldout_family(not_found: str) -> FactWorld:
+    from overflow_core.synthetic.heldout import HeldOutFamily
+
+    return HeldOutFamily(not_found=not_found)
+
+
+# ``--family``: which generators the table reports, by reported split name. "facts": the fact world's seen and held-out
+# splits (v1-v11's formats); "skill": the compositional training generator (``seen``) and the held-out format family
+# (``heldout``, issue #23); "all": the four side by side, to compare models trained on either.
+FAMILIES: dict[str, tuple[tuple[str, Callable[[str], FactWorld]], ...]] = {
+    "facts": (("seen", _facts_world("train")), ("heldout", _facts_world("heldout"))),
+    "skill": (("seen", _composed), ("heldout", _heldout_family)),
+    "all": (
+        ("facts-seen", _facts_world("train")),
+        ("facts-heldout", _facts_world("heldout")),
+        ("skill-seen", _composed),
+        ("skill-heldout", _heldout_family),
+    ),
+}
+
+
 def value_kind(value: str) -> str:
     """``"digits"`` (``4412``, ``555-0123``), ``"word"`` (one alphabetic word: ``Kyoto``, ``teacher``) or ``"other"``
     (codes, plates, names, dates, quantities): the kinds the bundled model recalls very differently (docs/model.md)."""
@@ -168,14 +199,16 @@ def evaluate(
     needles: int = 10,
     seed: int = EVAL_SEED,
     log: Any = None,
+    family: str = "facts",
 ) -> dict[str, Any]:
-    """Run the evaluation; returns ``{"rows": [...]}`` with one row per (split, length).
+    """Run the evaluation; returns ``{"rows": [...]}`` with one row per (split, length), the splits of ``family``
+    (:data:`FAMILIES`).
 
     ``samples`` present and ``absent_samples`` absent questions per row, asked of shared haystacks of up to ``needles``
     needles each (one needle per document at most, so short lengths use more haystacks)."""
     rows = []
-    for split, world_split in SPLITS:
-        world = FactWorld(world_split, not_found=oprm.config.not_found)
+    for split, make_world in FAMILIES[family]:
+        world = make_world(oprm.config.not_found)
         for length in lengths:
             rng = random.Random(f"{seed}-{split}-{length}")
             stats: dict[str, list[float]] = {
@@ -435,7 +468,8 @@ def _plot(result: dict[str, Any], path: Path, train_tokens: int) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for split, style in (("seen", "-"), ("heldout", "--")):
+    splits = list(dict.fromkeys(r["split"] for r in result["rows"]))
+    for split, style in zip(splits, ("-", "--", "-.", ":"), strict=False):
         rows = [r for r in result["rows"] if r["split"] == split]
         xs = [r["tokens"] / train_tokens for r in rows]
         ax.plot(xs, [r["oprm_em"] for r in rows], style, marker="o", color="tab:green", label=f"OPRM ({split})")
@@ -487,6 +521,13 @@ def main(argv: list[str] | None = None) -> int:
         help="one-chunk questions per filler variant (evaluate.FILLER_VARIANTS; default 0: off)",
     )
     parser.add_argument(
+        "--family",
+        default="facts",
+        choices=tuple(FAMILIES),
+        help="facts: the fact world's seen and held-out formats; skill: the compositional generator and the held-out"
+        " format family (issue #23; needs the training text for its seen split); all: the four",
+    )
+    parser.add_argument(
         "--criterion",
         default=None,
         choices=CRITERIA,
@@ -531,13 +572,14 @@ def main(argv: list[str] | None = None) -> int:
         vanilla_max_tokens=args.vanilla_max_tokens,
         needles=args.needles,
         log=log,
+        family=args.family,
     )
     probe = args.probe if args.probe is not None else (16 if args.quick else 120)
     result["first_token"] = {
         split: first_token_probe(
-            oprm, FactWorld(world_split, not_found=oprm.config.not_found), random.Random(f"{EVAL_SEED}-probe-{split}"), probe
+            oprm, make_world(oprm.config.not_found), random.Random(f"{EVAL_SEED}-probe-{split}"), probe
         )
-        for split, world_split in SPLITS
+        for split, make_world in FAMILIES[args.family]
     }
     log({"first_token": result["first_token"]})
     result["heldout_axes"] = heldout_axes(oprm, args.axes if args.axes is not None else (8 if args.quick else 40))
@@ -551,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
             "chunk_tokens": oprm.config.chunk_tokens,
             "criterion": oprm.config.criterion,
             "train_tokens": train_tokens,
+            "family": args.family,
             "seed": EVAL_SEED,
             "seconds": round(time.time() - t0, 1),
             "machine": {"platform": platform.platform(), "python": platform.python_version()},
