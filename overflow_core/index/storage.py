@@ -654,7 +654,7 @@ def jsonable_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
             continue
         try:
             json.dumps(value, allow_nan=False)
-            ok = _depth(value) <= MAX_DEPTH - 3
+            ok = _depth(value) <= MAX_DEPTH - 4  # manifest > chunks > chunk > metadata > value
         except (TypeError, ValueError, RecursionError):
             ok = False
         if ok:
