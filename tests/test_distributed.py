@@ -1,0 +1,131 @@
+"""Scale-out on a local Ray (``ray.init(num_cpus=2)``): a build with 2 workers, a query over 2 shard actors, a worker
+killed mid-build; each compared with the same index built and queried on one machine.
+
+Tolerances: a distributed build prefills the chunks in other micro-batches (other padding) than one machine does, so a
+stored row may differ in float32 rounding (about 1e-7); ``ATOL = 1e-5`` on the states is far below what a wrong row
+or a shifted chunk gives (the test shows two chunks' states differ by more than 1000 times that). Rankings are compared
+with :func:`overflow_core.testing.assert_same_ranking` (ties within ``RANKING_ATOL`` may swap), answers token for token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("ray", reason="ray is not installed: pip install 'overflow-core[ray]' runs these tests")
+pytest.importorskip("ray.data", reason="ray[data] is not installed: pip install 'overflow-core[ray]' runs these tests")
+
+from overflow_core import OPRM  # noqa: E402
+from overflow_core.distributed import DistributedIndex, build_index  # noqa: E402
+from overflow_core.index import MANIFEST, StateIndex, storage  # noqa: E402
+from overflow_core.testing import assert_same_ranking, sample_documents  # noqa: E402
+
+ATOL = 1e-5
+DOCS = sample_documents(4, seed=1)
+QUESTIONS = ("What is the locker number of Alice Baker?", "Where does the ship Orbit dock?")
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Any:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # sockets need a short path
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def setup(model_dir: Any, ray_local: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = model_dir("mamba2", max_batch_tokens=400)
+    engine = OPRM.from_pretrained(folder)
+    root = tmp_path_factory.mktemp("dist")
+    local = StateIndex.build(engine, DOCS)
+    local.save(root / "local")
+    report = build_index(DOCS, root / "dist", folder, workers=2, rows_per_shard=3)
+    return {"model": folder, "engine": engine, "root": root, "local": local, "report": report}
+
+
+def _rows(folder: Path, engine: OPRM) -> list[dict[str, torch.Tensor]]:
+    """Every chunk's stored state tensors, in chunk order, read through the storage module (CRC-32 checked)."""
+    manifest = storage.read_manifest(folder)
+    infos = {s.file: s for s in storage.shard_infos(manifest)}
+    out = []
+    for c in manifest["chunks"]:
+        with storage.ShardReader(folder / c["shard"], engine.backend.name, infos[c["shard"]]) as reader:
+            out.append(reader.tensors(c["row"]))
+    return out
+
+
+def _same_index(folder: Path, s: dict[str, Any]) -> None:
+    engine, local = s["engine"], s["local"]
+    got = StateIndex.load(folder, engine)
+    got.verify()  # every shard's sha256
+    key = lambda c: (c.index, c.doc_index, c.source, c.start, c.end, c.ids, c.text)  # noqa: E731
+    assert [key(c) for c in got.chunks] == [key(c) for c in local.chunks], "the same chunks, numbered the same"
+    assert got.documents == local.documents
+    ours, theirs = _rows(folder, engine), _rows(s["root"] / "local", engine)
+    for n, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        assert a.keys() == b.keys()
+        for name in a:
+            assert torch.allclose(a[name].float(), b[name].float(), atol=ATOL), f"chunk {n}: {name} differs"
+    gap = max((ours[0][k].float() - ours[1][k].float()).abs().max().item() for k in ours[0] if k.startswith("state:"))
+    assert gap > 1000 * ATOL, "two chunks' states must differ far above the tolerance, or the check above proves nothing"
+    manifest = storage.read_manifest(folder)
+    named = {s["file"] for s in manifest["shards"]}
+    on_disk = {p.name for p in folder.glob("*.safetensors")}
+    assert on_disk == named, f"shards no chunk uses were left behind: {sorted(on_disk - named)}"
+    for q in QUESTIONS:
+        engine.state_cache.clear()
+        assert_same_ranking(local.rank(q), got.rank(q))
+        a, b = local.answer(q, max_new_tokens=6), got.answer(q, max_new_tokens=6)
+        assert (a.text, a.not_found, a.chunk and a.chunk.chunk.index) == (b.text, b.not_found, b.chunk and b.chunk.chunk.index)
+    got.close()
+
+
+def test_build_with_two_workers_equals_one_machine(setup: dict[str, Any]) -> None:
+    report = setup["report"]
+    assert report.workers == 2 and report.chunks == len(setup["local"]) and report.shards >= 4
+    assert report.passes == 1 and not report.discarded_shards
+    _same_index(setup["root"] / "dist", setup)
+
+
+def test_worker_killed_mid_build_still_gives_a_complete_index(setup: dict[str, Any]) -> None:
+    flag = setup["root"] / "killed.flag"
+    out = setup["root"] / "killed"
+    report = build_index(DOCS, out, setup["model"], workers=2, rows_per_shard=2, fail_once=str(flag))
+    assert flag.exists(), "a worker must have died mid-write (its process exited), or this test proves nothing"
+    assert report.chunks == len(setup["local"])
+    manifest = json.loads((out / MANIFEST).read_text())
+    rows = [(c["shard"], c["row"]) for c in manifest["chunks"]]
+    assert len(rows) == len(set(rows)) == len(setup["local"]), "each chunk exactly once"
+    _same_index(out, setup)  # complete, correct, and the half-written shard of the dead worker is gone
+
+
+def test_query_over_two_shard_actors_equals_local(setup: dict[str, Any]) -> None:
+    engine, local = setup["engine"], setup["local"]
+    with DistributedIndex(setup["root"] / "dist", setup["model"], shard_actors=2) as index:
+        assert len(index.actors) == 2 and len(index) == len(local)
+        assert len(set(index._owner.values())) == 2, "both actors must hold chunks"
+        for q in QUESTIONS:
+            engine.state_cache.clear()
+            expected = local.rank(q)
+            got = index.rank(q)
+            assert_same_ranking(expected, got)
+            a, b = local.answer(q, max_new_tokens=6), index.answer(q, max_new_tokens=6)
+            assert (b.text, b.not_found, b.usage.generated_tokens) == (a.text, a.not_found, a.usage.generated_tokens)
+            assert (b.chunk and b.chunk.chunk.index) == (a.chunk and a.chunk.chunk.index)
+        a, b = local.answer(QUESTIONS[0], mode="summarize", k=3, max_new_tokens=4), index.answer(
+            QUESTIONS[0], mode="summarize", k=3, max_new_tokens=4
+        )
+        assert (b.text, b.parts) == (a.text, a.parts)
+        many = index.answer_many(list(QUESTIONS), max_new_tokens=6)
+        assert [m.text for m in many] == [local.answer(q, max_new_tokens=6).text for q in QUESTIONS]
