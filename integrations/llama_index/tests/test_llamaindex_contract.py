@@ -186,12 +186,12 @@ def test_rerank_keeps_the_retrieval_score_and_counts_whole_nodes(tiny_engine: OP
     assert not any(k in node_text(whole[0].node) for k in SCORE_KEYS) and ENTROPY_KEY in whole[0].node.metadata
 
 
-def test_retriever_tool_scores_the_question_not_its_wrapper(tiny_engine: OPRM) -> None:
-    """LlamaIndex's RetrieverTool sends "\\ninput is <question>\\n"; at 8650456 the model scored that string."""
+def test_retriever_tool_queries_are_unwrapped(tiny_engine: OPRM) -> None:
+    """LlamaIndex's RetrieverTool sends "\\ninput is <question>\\n": the retriever and the re-ranker score the question
+    (test_llamaindex_paths.py shows with the bundled model that the wrapper makes every chunk abstain)."""
     retriever = OverflowRetriever(tiny_engine, tiny_documents(), similarity_top_k=3)
     wrapped = f"\ninput is {QUESTION}\n"  # exactly what RetrieverTool.call(input=question) sends
     plain = [s.chunk.text for s in retriever.rank(QUESTION, k=3).scores]
-    assert [s.chunk.text for s in retriever.rank(wrapped, k=3).scores] != plain, "the wrapper changes the ranking"
     tool = RetrieverTool.from_defaults(retriever, name="search", description="Finds passages.")
     output = tool.call(input=QUESTION)
     assert [node_text(n.node) for n in output.raw_output] == plain

@@ -17,12 +17,15 @@ import pytest
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.agent.workflow import FunctionAgent, ReActAgent
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
+from llama_index.core.chat_engine.types import ChatMode
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.instrumentation.events.llm import LLMCompletionStartEvent
 from llama_index.core.llms.mock import MockFunctionCallingLLM
 from llama_index.core.query_engine import RetrieverQueryEngine
+from llama_index.core.schema import NodeWithScore, TextNode
 from llama_index.core.tools import AsyncBaseTool, QueryEngineTool, RetrieverTool, ToolSelection
 from llama_index.llms.overflow import OverflowLLM
+from llama_index.postprocessor.overflow import OverflowRerank
 from llama_index.query_engine.overflow import NOT_FOUND_ANSWER, OverflowQueryEngine
 from llama_index.retrievers.overflow import OverflowRetriever, node_text
 from llamaindex_data import ANSWER, FACT, QUESTION, ScriptedLLM, long_documents
@@ -83,7 +86,7 @@ def test_retriever_query_engine_from_args_continues_the_retrievers_state(
 
 def test_streaming_query_engine(index: VectorStoreIndex, llm: OverflowLLM) -> None:
     response = index.as_query_engine(llm=llm, streaming=True, similarity_top_k=TOP_K).query(QUESTION)
-    assert "".join(response.response_gen).strip() == ANSWER  # type: ignore[union-attr]
+    assert "".join(response.response_gen).strip() == ANSWER  # type: ignore[union-attr,arg-type]
 
 
 async def test_async_query_engine(index: VectorStoreIndex, llm: OverflowLLM) -> None:
@@ -101,7 +104,7 @@ def test_overflow_query_engine_streams_and_says_not_found(bundled: OPRM, documen
 
 @pytest.mark.parametrize("mode", ["condense_question", "context", "condense_plus_context"])
 def test_chat_engines_answer_every_turn(index: VectorStoreIndex, llm: OverflowLLM, mode: str) -> None:
-    chat_engine = index.as_chat_engine(chat_mode=mode, llm=llm, similarity_top_k=TOP_K)
+    chat_engine = index.as_chat_engine(chat_mode=ChatMode(mode), llm=llm, similarity_top_k=TOP_K)
     first = chat_engine.chat(QUESTION)
     second = chat_engine.chat(QUESTION)  # with a chat history now: condense prompts, history in the messages
     assert (str(first).strip(), str(second).strip()) == (ANSWER, ANSWER), mode
@@ -111,8 +114,23 @@ def test_chat_engines_answer_every_turn(index: VectorStoreIndex, llm: OverflowLL
 
 def test_simple_chat_engine(index: VectorStoreIndex, llm: OverflowLLM, bundled: OPRM) -> None:
     """No retrieval: the user's message is the model's whole input (here the engine's own prompt around a passage)."""
-    chat_engine = index.as_chat_engine(chat_mode="simple", llm=llm)
+    chat_engine = index.as_chat_engine(chat_mode=ChatMode.SIMPLE, llm=llm)
     assert str(chat_engine.chat(bundled.user_message(FACT, QUESTION))).strip() == ANSWER
+
+
+def test_retriever_tool_scores_the_question(bundled: OPRM, documents: list[Document]) -> None:
+    """RetrieverTool sends "\\ninput is <question>\\n". Scored as it is, that wrapper makes the bundled model abstain on
+    every chunk and the passage with the fact is not first (at 8650456 the tool returned a wrong passage, silently);
+    the retriever and the re-ranker score the question inside it."""
+    retriever = OverflowRetriever(bundled, documents, similarity_top_k=1)
+    wrapped = f"\ninput is {QUESTION}\n"
+    as_sent = bundled.rank(wrapped, [node_text(d) for d in documents], k=1).scores[0]
+    assert FACT not in as_sent.chunk.text and as_sent.idk, "the wrapper is what made the tool return a wrong passage"
+    output = RetrieverTool.from_defaults(retriever, name="search", description="Finds passages.").call(input=QUESTION)
+    assert FACT in output.content
+    rerank = OverflowRerank(bundled, top_n=1)
+    given = [NodeWithScore(node=TextNode(text=d.text)) for d in documents]
+    assert FACT in rerank.postprocess_nodes(given, query_str=wrapped)[0].node.get_content()
 
 
 # -- agents: scripted LLMs decide to call an Overflow tool, the tool's output must carry the answer ------------------------
@@ -156,7 +174,7 @@ async def test_function_agent_calls_an_overflow_tool(
     agent = FunctionAgent(tools=[tool], llm=scripted_function_caller(tool.metadata.get_name(), QUESTION))
     handler = agent.run(user_msg=QUESTION)
     calls = [e async for e in handler.stream_events() if type(e).__name__ == "ToolCallResult"]
-    answer = str((await handler).response.content).strip()
+    answer = str((await handler).response.content).strip()  # type: ignore[attr-defined]
     assert len(calls) == 1 and calls[0].tool_kwargs == {"input": QUESTION}
     output = str(calls[0].tool_output.content)
     if kind == "retriever":

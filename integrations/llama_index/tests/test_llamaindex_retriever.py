@@ -90,7 +90,7 @@ def test_pieces_of_parser_nodes_point_at_the_document_and_the_node(tiny_engine: 
         assert node.ref_doc_id == doc.doc_id
         assert node.parent_node is not None and node.parent_node.node_id in parents
         assert doc.text[node.start_char_idx : node.end_char_idx] == node.text
-        parent = parents[node.parent_node.node_id]
+        parent: Any = parents[node.parent_node.node_id]
         assert parent.start_char_idx <= node.start_char_idx < node.end_char_idx <= parent.end_char_idx
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,13 +133,17 @@ class OverflowQueryEngine(BaseQueryEngine):
             return Response(self.not_found_answer, source_nodes=nodes, metadata={"not_found": True, **used})
         return Response(text.strip(), source_nodes=nodes, metadata={"not_found": False, **used})
 
-    def _tokens(self, responses: Iterator[CompletionResponse], metadata: dict[str, Any]) -> Iterator[str]:
+    def _tokens(
+        self, responses: Iterator[CompletionResponse], metadata: dict[str, Any]
+    ) -> Generator[str, None, None]:
         gate = _NotFoundGate(self.llm.engine.config.not_found, self.not_found_answer, metadata)
         for response in responses:
             yield from gate.feed(response)
         yield from gate.end()
 
-    async def _atokens(self, stream: AsyncIterator[CompletionResponse], metadata: dict[str, Any]) -> AsyncIterator[str]:
+    async def _atokens(
+        self, stream: AsyncIterator[CompletionResponse], metadata: dict[str, Any]
+    ) -> AsyncGenerator[str, None]:
         gate = _NotFoundGate(self.llm.engine.config.not_found, self.not_found_answer, metadata)
         async for response in stream:
             for token in gate.feed(response):
@@ -150,7 +154,7 @@ class OverflowQueryEngine(BaseQueryEngine):
     def _stream(self, nodes: list[NodeWithScore], prompt: str | None) -> StreamingResponse:
         metadata: dict[str, Any] = {"not_found": True, **usage()}
         if prompt is None:
-            return StreamingResponse(iter([self.not_found_answer]), source_nodes=nodes, metadata=metadata)
+            return StreamingResponse(_once(self.not_found_answer), source_nodes=nodes, metadata=metadata)
         gen = self._tokens(self.llm.stream_complete(prompt, formatted=True), metadata)
         return StreamingResponse(gen, source_nodes=nodes, metadata=metadata)
 
@@ -211,7 +215,11 @@ class _NotFoundGate:
         return [self.not_found_answer if self.metadata["not_found"] else held]
 
 
-async def _aiter(items: Sequence[str]) -> AsyncIterator[str]:
+def _once(text: str) -> Generator[str, None, None]:
+    yield text
+
+
+async def _aiter(items: Sequence[str]) -> AsyncGenerator[str, None]:
     for item in items:
         yield item
 

@@ -109,7 +109,7 @@ def _fits(engine: OPRM, text: str) -> bool:
 def _piece_node(node: BaseNode, text: str, start: int, end: int, hide_header: bool) -> TextNode:
     """A piece ``node.text[start:end]`` as a node of its own, with the node's metadata and lineage."""
     source = node.source_node
-    base = node.start_char_idx if source is not None else 0
+    base = getattr(node, "start_char_idx", None) if source is not None else 0
     relationships = {NodeRelationship.SOURCE: source if source is not None else node.as_related_node_info()}
     if source is not None:
         relationships[NodeRelationship.PARENT] = node.as_related_node_info()
@@ -205,20 +205,19 @@ def _scored(node: BaseNode, score: ChunkScore, extra: Mapping[str, Any]) -> Node
     header = node_text(_piece_node(node, "", 0, 0, hide_header=False))
     text = chunk.text[len(header) :].lstrip() if header.strip() and chunk.text.startswith(header) else chunk.text
     at = _body(node).find(text)
-    base = node.start_char_idx if node.source_node is not None else 0
+    base = getattr(node, "start_char_idx", None) if node.source_node is not None else 0
     relationships = {NodeRelationship.SOURCE: node.source_node or node.as_related_node_info()}
     parent = node.parent_node or (node.as_related_node_info() if node.source_node is not None else None)
     if parent is not None:
         relationships[NodeRelationship.PARENT] = parent
-    known = at >= 0 and base is not None
     out = TextNode(
         id_=f"{node.node_id}:{chunk.start}-{chunk.end}",
         text=text,
         metadata={**node.metadata, **values},
         excluded_llm_metadata_keys=_merge(list(node.metadata), SCORE_KEYS),
         excluded_embed_metadata_keys=_merge(node.excluded_embed_metadata_keys, SCORE_KEYS),
-        start_char_idx=base + at if known else None,
-        end_char_idx=base + at + len(text) if known else None,
+        start_char_idx=base + at if base is not None and at >= 0 else None,
+        end_char_idx=base + at + len(text) if base is not None and at >= 0 else None,
         relationships=relationships,
     )
     return NodeWithScore(node=out, score=score.score)
