@@ -132,6 +132,8 @@ def _fit(
         return len(encoded[end][1]) <= chunk_tokens
 
     limit = max(grid.window_end(start, chunk_tokens), first_new + 1)
+    if limit >= len(text) and fits(len(text)):  # the rest fits: one chunk (so a chunk's own text chunks to itself)
+        return encoded[len(text)]
     end: int | None = _best_cut(start, first_new, limit, paragraphs, sentences)
     if end is not None and not fits(end):  # its own encoding is longer than the window's count: cut earlier
         lo = bisect_right(grid.cuts, first_new)

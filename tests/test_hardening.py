@@ -293,6 +293,15 @@ def test_no_text_lost_for_any_tokenizer_family(family: str, text: str) -> None:
         check_chunks(tok, text, chunk(tok, text, chunk_tokens, overlap), chunk_tokens)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_chunk_chunks_to_itself(family: str) -> None:
+    """A text that fits one chunk is one chunk, whatever paragraph or sentence ends it holds: the LlamaIndex retriever
+    re-chunks the pieces it cut and must get them back."""
+    tok = tokenizer(family)
+    for c in chunk(tok, PARAGRAPH.replace("! ", "!\n\n"), 48):
+        assert [(a.text, a.ids) for a in chunk(tok, c.text, 48)] == [(c.text, c.ids)]
+
+
 def test_overlap_repeats_the_end_of_the_previous_chunk() -> None:
     tok = tokenizer("bundled")
     chunks = chunk(tok, PARAGRAPH, 32, 8)
@@ -752,6 +761,9 @@ def test_fuzz_chunking_loses_nothing_and_ends(family: str, text: str, chunk_toke
         return
     event("chunked")
     check_chunks(tok, text, chunks, chunk_tokens)
+    for c in chunks[:3]:  # a chunk's own text is one chunk: adapters re-chunk what the engine chunked
+        again = chunk(tok, c.text, chunk_tokens, overlap)
+        assert [(a.text, a.ids) for a in again] == [(c.text, c.ids)], "re-chunking a chunk's text must give it back"
 
 
 @FUZZ
