@@ -133,3 +133,29 @@ def test_evaluation_reports_the_held_out_family_beside_the_seen_splits(tmp_path:
     assert [r["split"] for r in result["rows"]] == splits and result["family"] == "all"
     assert all(r["samples"] == 1 and r["absent_samples"] == 1 for r in result["rows"])
     assert list(result["first_token"]) == splits
+
+
+def test_the_next_demo_corpus_states_each_fact_once_in_phrasings_no_generator_uses(tmp_path: Path) -> None:
+    """``python -m overflow_core.demo --build-plain DIR``: six stated facts, each value in its hand-written sentence;
+    the two absent questions ask about nothing the corpus states; no question or needle sentence fits a template of
+    the fact world or of the held-out family."""
+    from overflow_core.demo import load_corpus
+    from overflow_core.demo.plain import NEEDLES, build_plain_corpus
+    from overflow_core.synthetic.facts import HELDOUT_FACT_CORES, HELDOUT_QUESTIONS, TRAIN_FACT_CORES, TRAIN_QUESTIONS
+    from overflow_core.synthetic.heldout import FACT_TEMPLATES, QUESTION_TEMPLATES
+
+    docs, questions = load_corpus(build_plain_corpus(tmp_path / "plain"))
+    text = "\n".join(d.text for d in docs)
+    assert len(docs) == 4 and len(questions) == 8
+    assert [q["answer"] for q in questions].count("not found") == 2
+    for key, attr, value, sentence, _ in NEEDLES:
+        assert value in sentence and text.count(sentence.rstrip(".")) == 1 and f"the {attr} of {key} is" not in text
+    assert "Nadia Ellis" not in text and "phone number" not in text
+    old = [t.replace("{key}", "{K}").replace("{attr}", "{A}").replace("{value}", "{V}") for t in
+           TRAIN_FACT_CORES + HELDOUT_FACT_CORES + TRAIN_QUESTIONS + HELDOUT_QUESTIONS]  # fmt: skip
+    for template in old + list(FACT_TEMPLATES + QUESTION_TEMPLATES):
+        for key, attr, value, sentence, question in NEEDLES:
+            # the template filled with this fact's own key and attribute (case aside): would it give these words?
+            filled = re.escape(template).replace(r"\{K\}", re.escape(key)).replace(r"\{A\}", re.escape(attr))
+            pattern = re.compile(filled.replace(r"\{V\}", re.escape(value)), re.IGNORECASE)
+            assert not pattern.fullmatch(sentence) and not pattern.fullmatch(question), (template, question)

@@ -79,8 +79,9 @@ def _mark(ok: bool) -> str:
     return "right" if ok else "wrong"
 
 
-def run_demo(model: str | None = None, out: TextIO | None = None, **load: Any) -> int:
-    """Answer the demo questions with whole-context inference and with OPRM, side by side.
+def run_demo(model: str | None = None, out: TextIO | None = None, corpus: Path | None = None, **load: Any) -> int:
+    """Answer the demo questions with whole-context inference and with OPRM, side by side. ``corpus``: a folder of
+    ``*.txt`` files and ``questions.json`` (default: the bundled corpus).
 
     ``load`` goes to :meth:`OPRM.from_pretrained` (``revision``, ``device``, ``dtype``, ``trust_remote_code``, ``preset``)."""
     import sys
@@ -89,7 +90,7 @@ def run_demo(model: str | None = None, out: TextIO | None = None, **load: Any) -
 
     out = out or sys.stdout
     oprm = OPRM.from_pretrained(model, **load)
-    docs, questions = load_corpus()
+    docs, questions = load_corpus(corpus or CORPUS_DIR)
     n_tokens = sum(len(oprm.tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in docs)
     out.write(
         f"Overflow demo: {len(docs)} files, {n_tokens} tokens, model {oprm.name} "
@@ -127,12 +128,23 @@ def run_demo(model: str | None = None, out: TextIO | None = None, **load: Any) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The Overflow demo.")
     parser.add_argument("--build", action="store_true", help="regenerate the demo corpus from its seed")
+    parser.add_argument(
+        "--build-plain",
+        metavar="DIR",
+        help="write the next demo corpus (overflow_core.demo.plain: facts and questions in people's phrasings) to DIR",
+    )
+    parser.add_argument("--corpus", metavar="DIR", help="run on this corpus folder instead of the bundled one")
     parser.add_argument("--model", default=None)
     args = parser.parse_args(argv)
     if args.build:
         build_corpus()
         return 0
-    return run_demo(args.model)
+    if args.build_plain:
+        from overflow_core.demo.plain import build_plain_corpus
+
+        print(build_plain_corpus(args.build_plain))
+        return 0
+    return run_demo(args.model, corpus=Path(args.corpus) if args.corpus else None)
 
 
 if __name__ == "__main__":
