@@ -27,7 +27,11 @@ from overflow_core.errors import ConfigError, InputError
 from overflow_core.prompting import _encode_plain, control_token_ids, encode_text
 from overflow_core.types import Chunk, Document, check_text
 
-__all__ = ["chunk_documents", "control_token_ids", "encode_text"]  # the last two live in prompting, kept here too
+__all__ = ["CHUNKER_VERSION", "chunk_documents", "control_token_ids", "encode_text"]  # the last two live in prompting, kept here too
+
+# The chunking rules' version: a state index records it, and one built by other rules is refused (its chunks differ).
+# Raise it whenever the same text and settings could give other chunks.
+CHUNKER_VERSION = 2
 
 _PARAGRAPH = re.compile(r"\n\s*\n")
 # a sentence ends at . ! ? ; : followed by closing quotes/brackets and whitespace, at the full-width and other scripts'

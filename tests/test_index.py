@@ -427,3 +427,25 @@ def test_save_waits_for_the_writer_lock_and_gives_up_cleanly(tuned: Any, tmp_pat
     index.save(folder, lock_timeout_s=0.2)
     assert StateIndex.load(folder, e).chunks == e.chunk(DOCS[:2])
 
+
+
+def test_index_built_by_other_chunking_rules_is_refused(tuned: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Indexes record the chunker's version: chunks cut by other rules (e.g. the lossy chunker before #19) differ from
+    what this engine would make of the same documents, so such an index is refused, naming the difference."""
+    import overflow_core.index.fingerprint as fingerprint
+
+    e = tuned("mamba2")
+    StateIndex.build(e, DOCS[:1]).save(tmp_path / "idx")
+    monkeypatch.setattr(fingerprint, "CHUNKER_VERSION", fingerprint.CHUNKER_VERSION + 1)
+    with pytest.raises(IndexMismatchError, match="chunker"):
+        StateIndex.load(tmp_path / "idx", e)
+
+
+def test_index_queries_check_k_and_seed_like_the_engine(tuned: Any) -> None:
+    e = tuned("mamba2")
+    index = StateIndex.build(e, DOCS[:1])
+    for bad in ("3", 0, 2.5, True):
+        with pytest.raises(ConfigError, match=r"^k: expected"):
+            index.rank(QUESTION, k=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^seed: expected"):
+        index.answer(QUESTION, seed=2**70)

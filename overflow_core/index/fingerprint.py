@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from overflow_core.chunking import CHUNKER_VERSION
+
 if TYPE_CHECKING:
     from overflow_core.engine import OPRM
 
@@ -176,6 +178,7 @@ def settings_info(engine: OPRM) -> dict[str, Any]:
     return {
         "chunk_tokens": engine.config.chunk_tokens,
         "overlap_tokens": engine.config.overlap_tokens,
+        "chunker": CHUNKER_VERSION,
         "template": engine.template.to_dict(),
         "not_found": engine.config.not_found,
         "prefix_ids": list(engine.prompt_ids.prefix),

@@ -21,6 +21,7 @@ import torch
 from overflow_core import scoring
 from overflow_core.answering import AnswerStream
 from overflow_core.backends.base import Session, State
+from overflow_core.config import check_k, check_seed
 from overflow_core.errors import (
     ConfigError,
     IndexConflictError,
@@ -206,8 +207,7 @@ class StateIndex:
         The states of the top ``k`` chunks after their full prompt go to the engine's state cache, as with
         :meth:`OPRM.rank`, so a chat model continuing one of those prompts next does not prefill it again.
         """
-        if k is not None and k < 1:
-            raise ConfigError(f"k: expected a positive number of chunks, got {k}")
+        k = check_k(k)
         q_ids = self.engine.encode_question(question)
         scored = self._score(question, q_ids, keep=min(k or 1, max(len(self._slots), 1)))
         ranking = scored.ranking
@@ -256,8 +256,7 @@ class StateIndex:
         """An iterator of text pieces whose ``result`` is the full :class:`Answer` once it is exhausted."""
         if mode not in ("oprm", "summarize"):
             raise ConfigError(f"mode: expected 'oprm' or 'summarize' with a state index, got {mode!r}")
-        if k is not None and k < 1:
-            raise ConfigError(f"k: expected a positive number of chunks, got {k}")
+        k, seed = check_k(k), check_seed(seed)
         q_ids = self.engine.encode_question(question)
         self._require_chunks()
         cfg = self.engine.decoding_config(decoding)
