@@ -231,7 +231,7 @@ def test_streaming_says_not_found(tiny_engine: OPRM, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(type(llm), "stream_complete", stream)
     retriever = OverflowRetriever(tiny_engine, tiny_documents(), similarity_top_k=1)
-    response = OverflowQueryEngine(retriever, llm, streaming=True).query(QUESTION)
+    response = OverflowQueryEngine(retriever=retriever, llm=llm, streaming=True).query(QUESTION)
     assert list(response.response_gen) == [NOT_FOUND_ANSWER]  # type: ignore[union-attr]
     assert response.metadata is not None and response.metadata["not_found"] is True
 
@@ -239,9 +239,8 @@ def test_streaming_says_not_found(tiny_engine: OPRM, monkeypatch: pytest.MonkeyP
 def test_query_and_rerank_events(tiny_engine: OPRM, events: list[Any]) -> None:
     """At 8650456 the query engine emitted no query events and the re-ranker no rerank events."""
     retriever = OverflowRetriever(tiny_engine, tiny_documents(), similarity_top_k=3)
-    query_engine = OverflowQueryEngine(retriever, OverflowLLM(tiny_engine), node_postprocessors=[
-        OverflowRerank(tiny_engine, top_n=1)
-    ])
+    rerank = OverflowRerank(tiny_engine, top_n=1)
+    query_engine = OverflowQueryEngine(retriever=retriever, llm=OverflowLLM(tiny_engine), node_postprocessors=[rerank])
     response = query_engine.query(QUESTION)
     kinds = [type(e) for e in events]
     assert kinds.count(QueryStartEvent) == 1 and kinds.count(QueryEndEvent) == 1
