@@ -1,8 +1,8 @@
 """The ``oprm`` command: argument parsing and printing only; every decision is the engine's.
 
     oprm ask -q QUESTION FILE... [--model NAME_OR_PATH] [--chunk-tokens N] [--mode oprm|summarize|vanilla] [--json]
-    oprm ask -q QUESTION --index PATH
-    oprm index FILE... --out PATH
+    oprm ask -q QUESTION --index PATH [--ray [ADDRESS] --workers N]
+    oprm index FILE... --out PATH [--ray [ADDRESS] --workers N]  (--ray: on a Ray cluster, see docs/scale-out.md)
     oprm demo
     oprm models [PATH]  (the supported families; with PATH, whether and how that model folder would run)
     (ask, index and demo load the model with --model NAME_OR_PATH --revision R --device D --dtype T
@@ -190,6 +190,9 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         if modes != ("oprm",):
             decoding["mode"] = args.mode
     docs = None if args.index else read_documents(args.files)  # bad files are refused before the model loads
+    if args.ray is not None:
+        answer = _ray_ask(args, decoding)
+        return _print_result(args, answer)
     engine = _engine(args)
     if docs is None:
         from overflow_core.index import StateIndex
@@ -222,6 +225,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
             "was interrupted); run without --append"
         )
     docs = read_documents(args.files)
+    if args.ray is not None:
+        return _ray_index(args, docs, append)
     engine = _engine(args)
     if append:
         index = StateIndex.load(out, engine)
@@ -231,6 +236,68 @@ def _cmd_index(args: argparse.Namespace) -> int:
     index.save(out)
     sys.stdout.write(f"indexed {len(index)} chunks from {len(docs)} files into {args.out}\n")
     return 0
+
+
+def _ray_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What each Ray worker passes to ``OPRM.from_pretrained`` (as :func:`_engine` does here)."""
+    settings = {k: getattr(args, k) for k in ("chunk_tokens", "max_batch_tokens") if getattr(args, k, None) is not None}
+    return {**_load_options(args), **settings}
+
+
+def _ray_check(args: argparse.Namespace) -> None:
+    from overflow_core.distributed.cluster import require_ray
+    from overflow_core.errors import InputError
+
+    if args.workers < 1:
+        raise InputError(f"--workers: expected a positive number, got {args.workers}")
+    require_ray(data=True)  # one line naming the extra when ray is missing
+
+
+def _ray_index(args: argparse.Namespace, docs: list[Document], append: bool) -> int:
+    from overflow_core.distributed import build_index, connect
+    from overflow_core.errors import InputError
+
+    if args.append:
+        raise InputError("--append: not supported with --ray; rebuild the index from all the files")
+    _ray_check(args)
+    connect(args.ray or None)
+    report = build_index(
+        docs, args.out, args.model, settings=_ray_settings(args), workers=args.workers, progress=sys.stderr.isatty()
+    )
+    sys.stdout.write(
+        f"indexed {report.chunks} chunks from {len(docs)} files into {args.out} with {report.workers} Ray workers "
+        f"({report.shards} shards, {report.seconds:.1f}s, {report.chunks_per_s:.1f} chunks/s)\n"
+    )
+    return 0
+
+
+def _ray_ask(args: argparse.Namespace, decoding: dict[str, Any]) -> Answer:
+    from overflow_core.distributed import DistributedIndex, connect
+    from overflow_core.errors import InputError
+
+    if not args.index:
+        raise InputError("--ray: answers from a saved index only; give --index PATH (build it with oprm index --ray)")
+    _ray_check(args)
+    connect(args.ray or None)
+    with DistributedIndex(args.index, args.model, settings=_ray_settings(args), shard_actors=args.workers) as index:
+        return index.answer(args.question, **decoding)
+
+
+def _print_result(args: argparse.Namespace, answer: Answer) -> int:
+    if args.json:
+        sys.stdout.write(json.dumps(answer.to_dict(), indent=2) + "\n")
+    else:
+        _print_answer(answer, sys.stdout)
+    return 0
+
+
+def _ray_options(p: argparse.ArgumentParser, workers: str) -> None:
+    p.add_argument(
+        "--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+        help="run on Ray: the cluster at ADDRESS (auto, ray://host:10001), or a local one without it "
+        "(needs pip install 'overflow-core[ray]')",
+    )  # fmt: skip
+    p.add_argument("--workers", type=int, default=2, help=f"with --ray: {workers} (default 2)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -303,6 +370,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, default=None)
     ask.add_argument("--json", action="store_true", help="machine-readable output")
     model_options(ask)
+    _ray_options(ask, "shard actors the index is spread over")
     ask.set_defaults(func=_cmd_ask)
 
     index = sub.add_parser("index", help="build a state index over text files and save it")
@@ -310,6 +378,7 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("--out", required=True, metavar="PATH")
     index.add_argument("--append", action="store_true", help="add the files to an existing index at --out")
     model_options(index)
+    _ray_options(index, "workers that prefill the chunks, each with its own engine")
     index.set_defaults(func=_cmd_index)
 
     demo = sub.add_parser("demo", help="OPRM vs whole-context inference on the bundled demo corpus")

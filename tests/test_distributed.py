@@ -129,3 +129,32 @@ def test_query_over_two_shard_actors_equals_local(setup: dict[str, Any]) -> None
         assert (b.text, b.parts) == (a.text, a.parts)
         many = index.answer_many(list(QUESTIONS), max_new_tokens=6)
         assert [m.text for m in many] == [local.answer(q, max_new_tokens=6).text for q in QUESTIONS]
+
+
+def test_serve_answers_concurrent_http_questions_in_batches(setup: dict[str, Any]) -> None:
+    import concurrent.futures
+    import urllib.request
+
+    pytest.importorskip("ray.serve", reason="ray[serve] is not installed: pip install 'overflow-core[ray]'")
+    from ray import serve
+
+    from overflow_core.distributed.serve import app
+
+    local = setup["local"]
+    serve.start(http_options={"host": "127.0.0.1", "port": 8765})
+    try:
+        serve.run(app(setup["root"] / "dist", setup["model"], max_batch_size=4, batch_wait_timeout_s=0.5), route_prefix="/")
+
+        def ask(q: str) -> dict[str, Any]:
+            body = json.dumps({"question": q, "max_new_tokens": 6}).encode()
+            request = urllib.request.Request("http://127.0.0.1:8765/", data=body, method="POST")
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return dict(json.loads(response.read()))
+
+        questions = [*QUESTIONS, QUESTIONS[0]]
+        with concurrent.futures.ThreadPoolExecutor(len(questions)) as pool:
+            got = list(pool.map(ask, questions))
+        assert [g["text"] for g in got] == [local.answer(q, max_new_tokens=6).text for q in questions]
+        assert ask("   ")["error"].startswith("question: expected a non-empty string")
+    finally:
+        serve.shutdown()

@@ -4,6 +4,7 @@
                [--jsonl FILE] [--sections accuracy,throughput,questions,scaling,memory] [--out docs/results]
     oprm bench rank-memory [--model PATH] [--tokens 200000] [--budgets 4096,16384,65536]
     oprm bench throughput [--model PATH] [--tokens 65536] [--reps 3] [--max-batch-tokens N]
+    oprm bench ray [--docs 96] [--workers 1,2] [--reps 5]  (distributed build and query on Ray, docs/scale-out.md)
 
 The first writes ``NAME.json`` (every figure and the machine description), ``NAME.md`` (tables) and ``NAME_*.png`` into
 ``--out`` (NAME is ``bench``, or ``bench_quick`` with ``--quick``), shows a progress bar while it runs and prints rich
@@ -261,7 +262,13 @@ def _gpu(argv: Sequence[str]) -> int:
     return gpu_main(argv)
 
 
-COMMANDS = {"rank-memory": _rank_memory, "throughput": _throughput, "gpu": _gpu, "run": _run}
+def _ray(argv: Sequence[str]) -> int:
+    from overflow_core.distributed.bench import main as ray_main
+
+    return ray_main(argv)
+
+
+COMMANDS = {"rank-memory": _rank_memory, "throughput": _throughput, "gpu": _gpu, "run": _run, "ray": _ray}
 
 
 def main(argv: list[str] | None = None) -> int:

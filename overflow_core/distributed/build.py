@@ -272,7 +272,7 @@ def _prefill_all(
                 fn_constructor_args=(spec, str(folder), fail_once),
                 batch_size=per,
                 batch_format="numpy",
-                concurrency=min(workers, -(-len(items) // per)),
+                compute=ray.data.ActorPoolStrategy(size=min(workers, -(-len(items) // per))),
                 num_cpus=num_cpus,
                 num_gpus=num_gpus,
                 max_restarts=-1,
