@@ -7,6 +7,7 @@ Each failure listed in issue #25's "Why" has a test here or in test_llamaindex_p
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,22 @@ def test_from_pretrained_shares_one_engine_and_passes_settings(tiny_model_dir: P
     assert OverflowLLM.from_pretrained(tiny_model_dir).engine is not llm.engine, "other settings, another engine"
     query_engine = OverflowQueryEngine.from_pretrained(tiny_model_dir, tiny_documents(), chunk_tokens=40, streaming=True)
     assert query_engine.llm.engine is llm.engine and query_engine.streaming
+
+
+def test_from_pretrained_passes_hub_ids_and_loader_options_through(
+    tiny_engine: OPRM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[Any, dict[str, Any]]] = []
+
+    def load(name_or_path: Any = None, **kwargs: Any) -> OPRM:
+        calls.append((name_or_path, kwargs))
+        return tiny_engine
+
+    load.__signature__ = inspect.signature(OPRM.from_pretrained)  # type: ignore[attr-defined]  # the loader's keywords
+    monkeypatch.setattr(OPRM, "from_pretrained", load)
+    llm = OverflowLLM.from_pretrained("org/mamba", revision="v1", dtype="bfloat16", chunk_tokens=64, max_new_tokens=5)
+    assert calls == [("org/mamba", {"revision": "v1", "dtype": "bfloat16", "chunk_tokens": 64})]
+    assert llm.engine is tiny_engine and llm.max_new_tokens == 5
 
 
 @pytest.mark.parametrize(
