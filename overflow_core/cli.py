@@ -250,6 +250,8 @@ def _ray_check(args: argparse.Namespace) -> None:
 
     if args.workers < 1:
         raise InputError(f"--workers: expected a positive number, got {args.workers}")
+    if args.gpus_per_worker < 0:
+        raise InputError(f"--gpus-per-worker: expected a number >= 0, got {args.gpus_per_worker}")
     require_ray(data=True)  # one line naming the extra when ray is missing
 
 
@@ -262,7 +264,8 @@ def _ray_index(args: argparse.Namespace, docs: list[Document], append: bool) -> 
     _ray_check(args)
     connect(args.ray or None)
     report = build_index(
-        docs, args.out, args.model, settings=_ray_settings(args), workers=args.workers, progress=sys.stderr.isatty()
+        docs, args.out, args.model, settings=_ray_settings(args), workers=args.workers, num_gpus=args.gpus_per_worker,
+        progress=sys.stderr.isatty(),
     )
     sys.stdout.write(
         f"indexed {report.chunks} chunks from {len(docs)} files into {args.out} with {report.workers} Ray workers "
@@ -279,7 +282,9 @@ def _ray_ask(args: argparse.Namespace, decoding: dict[str, Any]) -> Answer:
         raise InputError("--ray: answers from a saved index only; give --index PATH (build it with oprm index --ray)")
     _ray_check(args)
     connect(args.ray or None)
-    with DistributedIndex(args.index, args.model, settings=_ray_settings(args), shard_actors=args.workers) as index:
+    with DistributedIndex(
+        args.index, args.model, settings=_ray_settings(args), shard_actors=args.workers, num_gpus=args.gpus_per_worker
+    ) as index:
         return index.answer(args.question, **decoding)
 
 
@@ -298,6 +303,7 @@ def _ray_options(p: argparse.ArgumentParser, workers: str) -> None:
         "(needs pip install 'overflow-core[ray]')",
     )  # fmt: skip
     p.add_argument("--workers", type=int, default=2, help=f"with --ray: {workers} (default 2)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="with --ray: GPUs each worker reserves (default 0)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

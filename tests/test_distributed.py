@@ -18,17 +18,36 @@ from typing import Any
 import pytest
 import torch
 
-pytest.importorskip("ray", reason="ray is not installed: pip install 'overflow-core[ray]' runs these tests")
-pytest.importorskip("ray.data", reason="ray[data] is not installed: pip install 'overflow-core[ray]' runs these tests")
+from overflow_core import OPRM
+from overflow_core.cli import main
+from overflow_core.distributed import DistributedIndex, build_index
+from overflow_core.index import MANIFEST, StateIndex, storage
+from overflow_core.testing import assert_same_ranking, sample_documents
 
-from overflow_core import OPRM  # noqa: E402
-from overflow_core.distributed import DistributedIndex, build_index  # noqa: E402
-from overflow_core.index import MANIFEST, StateIndex, storage  # noqa: E402
-from overflow_core.testing import assert_same_ranking, sample_documents  # noqa: E402
+try:
+    import ray.data  # noqa: F401
+
+    HAVE_RAY = True
+except ImportError:
+    HAVE_RAY = False
+needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="ray[data] is not installed: pip install 'overflow-core[ray]' runs it")
 
 ATOL = 1e-5
 DOCS = sample_documents(4, seed=1)
 QUESTIONS = ("What is the locker number of Alice Baker?", "Where does the ship Orbit dock?")
+
+
+def test_missing_ray_is_one_line_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError, as without the package
+    (tmp_path / "a.txt").write_text("Alice Baker's locker number is 4412.")
+    assert main(["index", str(tmp_path / "a.txt"), "--out", str(tmp_path / "idx"), "--ray"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'overflow-core[ray]'" in err, err
+    assert not (tmp_path / "idx").exists(), "nothing is written before ray is found"
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +67,16 @@ def setup(model_dir: Any, ray_local: Any, tmp_path_factory: pytest.TempPathFacto
     folder = model_dir("mamba2", max_batch_tokens=400)
     engine = OPRM.from_pretrained(folder)
     root = tmp_path_factory.mktemp("dist")
-    local = StateIndex.build(engine, DOCS)
+    files = []
+    for n, (text, _) in enumerate(DOCS):
+        files.append(root / f"doc{n}.txt")
+        files[-1].write_text(text)
+    argv = ["index", *map(str, files), "--out", str(root / "dist"), "--ray", "--workers", "2", "--model", str(folder)]
+    assert main(argv) == 0  # the CLI joins the running local Ray
+    docs = [(text, {"source": str(f)}) for (text, _), f in zip(DOCS, files, strict=True)]
+    local = StateIndex.build(engine, docs)  # the same sources as the CLI's documents
     local.save(root / "local")
-    report = build_index(DOCS, root / "dist", folder, workers=2, rows_per_shard=3)
-    return {"model": folder, "engine": engine, "root": root, "local": local, "report": report}
+    return {"model": folder, "engine": engine, "root": root, "local": local, "docs": docs}
 
 
 def _rows(folder: Path, engine: OPRM) -> list[dict[str, torch.Tensor]]:
@@ -91,17 +116,20 @@ def _same_index(folder: Path, s: dict[str, Any]) -> None:
     got.close()
 
 
+@needs_ray
 def test_build_with_two_workers_equals_one_machine(setup: dict[str, Any]) -> None:
-    report = setup["report"]
-    assert report.workers == 2 and report.chunks == len(setup["local"]) and report.shards >= 4
-    assert report.passes == 1 and not report.discarded_shards
+    assert len(storage.read_manifest(setup["root"] / "dist")["shards"]) >= 4, "several shards from both workers"
     _same_index(setup["root"] / "dist", setup)
+    report = build_index(setup["docs"], setup["root"] / "api", setup["model"], workers=2, rows_per_shard=3)
+    assert (report.workers, report.chunks, report.passes, report.discarded_shards) == (2, len(setup["local"]), 1, ())
+    assert report.shards == -(-len(setup["local"]) // 3)
 
 
+@needs_ray
 def test_worker_killed_mid_build_still_gives_a_complete_index(setup: dict[str, Any]) -> None:
     flag = setup["root"] / "killed.flag"
     out = setup["root"] / "killed"
-    report = build_index(DOCS, out, setup["model"], workers=2, rows_per_shard=2, fail_once=str(flag))
+    report = build_index(setup["docs"], out, setup["model"], workers=2, rows_per_shard=2, fail_once=str(flag))
     assert flag.exists(), "a worker must have died mid-write (its process exited), or this test proves nothing"
     assert report.chunks == len(setup["local"])
     manifest = json.loads((out / MANIFEST).read_text())
@@ -110,7 +138,8 @@ def test_worker_killed_mid_build_still_gives_a_complete_index(setup: dict[str, A
     _same_index(out, setup)  # complete, correct, and the half-written shard of the dead worker is gone
 
 
-def test_query_over_two_shard_actors_equals_local(setup: dict[str, Any]) -> None:
+@needs_ray
+def test_query_over_two_shard_actors_equals_local(setup: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     engine, local = setup["engine"], setup["local"]
     with DistributedIndex(setup["root"] / "dist", setup["model"], shard_actors=2) as index:
         assert len(index.actors) == 2 and len(index) == len(local)
@@ -129,8 +158,14 @@ def test_query_over_two_shard_actors_equals_local(setup: dict[str, Any]) -> None
         assert (b.text, b.parts) == (a.text, a.parts)
         many = index.answer_many(list(QUESTIONS), max_new_tokens=6)
         assert [m.text for m in many] == [local.answer(q, max_new_tokens=6).text for q in QUESTIONS]
+    capsys.readouterr()
+    argv = ["ask", "-q", QUESTIONS[0], "--index", str(setup["root"] / "dist"), "--ray", "--model", str(setup["model"]),
+            "--max-new-tokens", "6", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == local.answer(QUESTIONS[0], max_new_tokens=6).text
 
 
+@needs_ray
 def test_serve_answers_concurrent_http_questions_in_batches(setup: dict[str, Any]) -> None:
     import concurrent.futures
     import urllib.request

@@ -45,8 +45,10 @@ def _median_time(fn: Any, reps: int) -> float:
 
 
 def run(model: str | None, docs: int, workers: Sequence[int], reps: int, num_cpus: int | None,
-        address: str | None) -> dict[str, Any]:  # fmt: skip
+        address: str | None, threads: int = 1) -> dict[str, Any]:  # fmt: skip
     import torch
+
+    torch.set_num_threads(threads)  # the one-process figures with as many threads as one Ray worker has (1 CPU each)
 
     from overflow_core.distributed import DistributedIndex, build_index, connect
     from overflow_core.engine import OPRM
@@ -72,7 +74,7 @@ def run(model: str | None, docs: int, workers: Sequence[int], reps: int, num_cpu
         local.save(root / "local")
         local_s = time.perf_counter() - t0
         tokens = sum(len(engine.context_prompt(c.ids)) for c in local.chunks)
-        out.update(chunks=len(local), prompt_tokens=tokens)
+        out.update(chunks=len(local), prompt_tokens=tokens, bytes_per_chunk=local.bytes_per_chunk)
         out["builds"].append({"how": "one process (StateIndex.build + save)", "workers": 0, "seconds": local_s,
                               "chunks_per_s": len(local) / local_s, "tokens_per_s": tokens / local_s})  # fmt: skip
         for w in workers:
@@ -107,17 +109,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5, help="repetitions of each query timing (median)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument("--address", default=None, help="a running Ray cluster instead of a local one")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the one-process runs (a worker has 1 CPU)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(list(argv or ()))
     from overflow_core.distributed.cluster import require_ray
 
     require_ray(data=True)
-    r = run(args.model, args.docs, args.workers, args.reps, args.num_cpus, args.address)
+    r = run(args.model, args.docs, args.workers, args.reps, args.num_cpus, args.address, args.threads)
     if args.json:
         print(json.dumps(r, indent=1))
         return 0
     print(f"model {r['model']}; {r['documents']} documents, {r['chunks']} chunks, {r['prompt_tokens']:,} prompt tokens; "
-          f"{r['cpus']} cores, Ray CPUs {r['ray_cpus']}; "
+          f"{r['bytes_per_chunk'] / 1024:.0f} KiB of state a chunk; {r['cpus']} cores, Ray CPUs {r['ray_cpus']}, "
+          f"{r['torch_threads_driver']} torch thread(s) in one process; "
           f"load {r['load_1min']:.1f} before, {r['load_1min_after']:.1f} after")
     print(f"{'build':<40} {'seconds':>8} {'chunks/s':>9} {'tokens/s':>9}")
     for b in r["builds"]:

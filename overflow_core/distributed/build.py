@@ -14,9 +14,10 @@ The steps:
    (:func:`~overflow_core.index.storage.commit`: the atomic ``os.replace``) and delete what no generation needs
    (:func:`~overflow_core.index.storage.collect_garbage`: shards of attempts that died, an older generation).
 
-A worker that dies is restarted and its batch retried by Ray (``max_restarts=-1, max_task_retries=-1``); the shard it
-was writing is never named by the manifest. The driver holds the folder's writer lock for the whole build, so no other
-save collects the shards before the commit names them. The result is an ordinary :class:`~overflow_core.index.StateIndex`.
+A worker that dies is restarted and its batch retried by Ray (Ray Data gives pool actors ``max_restarts=-1,
+max_task_retries=-1``); the shard it was writing is never named by the manifest. The driver holds the folder's writer
+lock for the whole build, so no other save collects the shards before the commit names them. The result is an
+ordinary :class:`~overflow_core.index.StateIndex`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 from overflow_core.distributed.cluster import EngineSpec, connect, local_folder, unwrap
 from overflow_core.errors import ConfigError, InputError, StateIndexError
 from overflow_core.index import storage
-from overflow_core.index.storage import FORMAT, FORMAT_VERSION, ShardInfo, jsonable_metadata
+from overflow_core.index.storage import DEFAULT_SHARD_BYTES, FORMAT, FORMAT_VERSION, ShardInfo, jsonable_metadata
 from overflow_core.types import Chunk
 
 __all__ = ["BuildReport", "build_index"]
@@ -91,18 +92,23 @@ class Prefiller:
     creates it, leaves a partly written shard behind and kills its own process, as a worker dying mid-write would.
     """
 
-    def __init__(self, spec: EngineSpec, folder: str, fail_once: str | None = None) -> None:
+    def __init__(
+        self, spec: EngineSpec, folder: str, shard_bytes: int = DEFAULT_SHARD_BYTES, fail_once: str | None = None
+    ) -> None:
         from overflow_core.index.fingerprint import model_info, settings_info, tokenizer_info
 
         self.engine = spec.load()
         self.folder = Path(folder)
         self.fail_once = fail_once
+        self.shard_bytes = shard_bytes
         self.calls = 0
         e = self.engine
         fingerprint = {"model": model_info(e), "tokenizer": tokenizer_info(e.tokenizer), "settings": settings_info(e)}
         self.fingerprint = json.dumps(fingerprint, sort_keys=True)
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, list[Any]]:
+        """Prefill the batch's prompts; every ``shard_bytes`` of finished rows go to a new shard (so a worker holds at
+        most about that much state besides the micro-batch in flight). One output row per shard written."""
         import torch
 
         from overflow_core.index.storage import shard_name, state_to_tensors, write_shard
@@ -110,30 +116,38 @@ class Prefiller:
         e = self.engine
         indices = [int(i) for i in batch["index"]]
         prompts = [[int(t) for t in ids] for ids in batch["ids"]]
-        rows: list[dict[str, torch.Tensor] | None] = [None] * len(prompts)
-        nbytes = [0] * len(prompts)
+        out: dict[str, list[Any]] = {k: [] for k in ("shard", "indices", "tokens", "nbytes", "fingerprint", "pid")}
+        pending: list[tuple[int, dict[str, torch.Tensor], int]] = []
+        self.calls += 1
+
+        def flush() -> None:
+            if not pending:
+                return
+            name = shard_name(uuid.uuid4().hex[:12], 0)  # a fresh name per attempt: a retried batch never collides
+            if self.fail_once and self.calls >= 2 and _claim(self.fail_once):
+                with open(self.folder / name, "xb") as f:  # part of a shard, as a process killed mid-write leaves it
+                    f.write(b"\0" * 64)
+                os._exit(1)
+            info = write_shard(self.folder, name, [row for _, row, _ in pending])
+            out["shard"].append(json.dumps(info.to_dict()))
+            out["indices"].append([indices[i] for i, _, _ in pending])
+            out["tokens"].append([len(prompts[i]) for i, _, _ in pending])
+            out["nbytes"].append([n for _, _, n in pending])
+            out["fingerprint"].append(self.fingerprint)
+            out["pid"].append(os.getpid())
+            pending.clear()
+
         with torch.inference_mode():
             for b in e.prefill_batches(prompts):
                 for j, i in enumerate(b.rows):
                     state = e.backend.select(b.state, [j])
-                    rows[i] = state_to_tensors(state)
-                    nbytes[i] = int(state.nbytes)
-        assert all(r is not None for r in rows), "prefill must yield every row once"
-        name = shard_name(uuid.uuid4().hex[:12], 0)  # a fresh name per attempt: a retried batch never collides
-        self.calls += 1
-        if self.fail_once and self.calls >= 2 and _claim(self.fail_once):
-            with open(self.folder / name, "xb") as f:  # half a shard, as a process killed mid-write leaves it
-                f.write(b"\0" * 64)
-            os._exit(1)
-        info = write_shard(self.folder, name, [r for r in rows if r is not None])
-        return {
-            "shard": [json.dumps(info.to_dict())],
-            "indices": [indices],
-            "tokens": [[len(p) for p in prompts]],
-            "nbytes": [nbytes],
-            "fingerprint": [self.fingerprint],
-            "pid": [os.getpid()],
-        }
+                    pending.append((i, state_to_tensors(state), int(state.nbytes)))
+                if sum(n for _, _, n in pending) >= self.shard_bytes:
+                    flush()
+        flush()
+        done = sum(len(x) for x in out["indices"])
+        assert done == len(prompts), f"prefill must yield every row once, got {done} of {len(prompts)}"
+        return out
 
 
 def _claim(flag: str) -> bool:
@@ -152,6 +166,7 @@ def build_index(
     settings: Mapping[str, Any] | None = None,
     workers: int = 2,
     rows_per_shard: int | None = None,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
     address: str | None = None,
@@ -168,8 +183,9 @@ def build_index(
             a FUSE mount of an object store on a cluster). A new or empty folder, or an existing index (replaced).
         model: hub id or folder of the model (None: the bundled one); ``settings``: ``from_pretrained`` keywords.
         workers: actors in the pool, each with its own engine, ``num_cpus`` and ``num_gpus``.
-        rows_per_shard: chunks per Ray Data batch, i.e. per shard and per retried unit (default: about four batches per
-            worker, at most 256).
+        rows_per_shard: chunks per Ray Data batch: the unit a worker is handed and retried (default: about four
+            batches per worker, at most 256). A batch is written as one shard, or several when its states pass
+            ``shard_bytes`` (what a worker holds in memory besides the micro-batch it is prefilling).
         address: the cluster to join (None: the one this process is connected to, else a new local one).
         progress: True shows a tqdm bar of chunks done across workers; a callable gets ``(done, total)``.
         fail_once: tests only, see :class:`Prefiller`.
@@ -183,6 +199,8 @@ def build_index(
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers: expected a positive number of actors, got {workers!r}")
+    if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, int) or shard_bytes < 1:
+        raise ConfigError(f"shard_bytes: expected a positive number of bytes, got {shard_bytes!r}")
     if rows_per_shard is not None and (isinstance(rows_per_shard, bool) or not isinstance(rows_per_shard, int)
                                        or not 1 <= rows_per_shard <= 99_999):  # fmt: skip
         raise ConfigError(f"rows_per_shard: expected a number of chunks from 1 to 99999, got {rows_per_shard!r}")
@@ -202,7 +220,7 @@ def build_index(
         storage.check_target(folder)  # again, under the lock
         placed, shards, discarded, passes = _prefill_all(
             ray, spec, folder, prompts, per, workers, num_cpus, num_gpus, plan["fingerprint"], progress, max_passes,
-            fail_once,
+            shard_bytes, fail_once,
         )  # fmt: skip
         _check_visible(folder, shards)
         tag = uuid.uuid4().hex[:12]
@@ -244,6 +262,7 @@ def _prefill_all(
     fingerprint: Mapping[str, Any],
     progress: bool | Callable[[int, int], None],
     max_passes: int,
+    shard_bytes: int,
     fail_once: str | None,
 ) -> tuple[dict[int, tuple[str, int, int, int]], list[ShardInfo], list[str], int]:
     """Run the pipeline until every chunk is in exactly one accepted shard: chunk -> (shard, row, tokens, bytes)."""
@@ -269,15 +288,13 @@ def _prefill_all(
             ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), -(-len(items) // per))))
             out = ds.map_batches(
                 Prefiller,
-                fn_constructor_args=(spec, str(folder), fail_once),
+                fn_constructor_args=(spec, str(folder), shard_bytes, fail_once),
                 batch_size=per,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=min(workers, -(-len(items) // per))),
                 num_cpus=num_cpus,
                 num_gpus=num_gpus,
-                max_restarts=-1,
-                max_task_retries=-1,
-            )
+            )  # Ray Data starts pool actors with max_restarts=-1, max_task_retries=-1: a dead worker's batch is retried
             try:
                 for row in out.iter_rows():
                     if str(row["fingerprint"]) != expected:

@@ -49,12 +49,14 @@ def require_ray(*, data: bool = False, serve: bool = False) -> ModuleType:
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> ModuleType:
     """Join the Ray cluster at ``address`` (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``), or start a local one
     when it is None (``num_cpus`` caps it). Nothing happens when this process is already connected. Usage statistics
-    are off unless ``RAY_USAGE_STATS_ENABLED`` says otherwise; the dashboard is not started."""
+    are off unless ``RAY_USAGE_STATS_ENABLED`` says otherwise; the dashboard is not started; workers' output is not
+    copied to this process (it is in the Ray session's logs)."""
     ray = require_ray(data=True)
     if ray.is_initialized():
         return ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    # workers' own output (model-loading bars) stays in the Ray logs; their errors come back as exceptions
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
     if address:
         ray.init(address=address, **kwargs)
     else:
