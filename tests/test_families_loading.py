@@ -27,3 +27,29 @@ def test_a_folder_of_each_backend_loads_ranks_and_indexes(tmp_path: Path, tokeni
     assert_same_ranking(expected, loaded.rank(QUESTION))
     answer = loaded.answer(QUESTION, max_new_tokens=3)
     assert answer.ranking is not None
+
+
+@pytest.mark.parametrize("wrapper", ["qwen3_5", "qwen3_5_moe"])
+def test_a_multimodal_wrapper_checkpoint_runs_its_text_model(tmp_path: Path, tokenizer_dir: Path, wrapper: str) -> None:
+    """Hub Qwen3.5 checkpoints are saved as the image-text model (config.json model_type ``qwen3_5``): the folder is
+    accepted, and the text model transformers builds from it gives the full model's logits."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    from overflow_core import OPRM
+    from overflow_core.backends import describe_checkpoint
+    from overflow_core.testing import tiny_config
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(0)
+    full = AutoModelForImageTextToText.from_config(tiny_config(wrapper, len(tok), tok.pad_token_id, tok.eos_token_id))
+    full.save_pretrained(str(tmp_path))
+    tok.save_pretrained(str(tmp_path))
+    report = describe_checkpoint(tmp_path)
+    assert report.runs and report.model_type == wrapper and any("wrapper" in n for n in report.notes)
+    oprm = OPRM.from_pretrained(tmp_path)
+    assert oprm.backend.name == f"{wrapper}_text"
+    ids = torch.tensor([[5, 17, 33, 60, 71, 90, 101]])
+    with torch.inference_mode():
+        torch.testing.assert_close(oprm.model(input_ids=ids).logits, full.eval()(input_ids=ids).logits)
+    assert oprm.rank(QUESTION, sample_documents(1, seed=2)).scores
