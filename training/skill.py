@@ -86,7 +86,7 @@ def train_skill_tokenizer(out_dir: str | Path, *, vocab_size: int, seed: int) ->
 
 
 def _check_rows(
-    world: FactWorld, rng: random.Random, kind: str, n: int, encode: Any, tokenizer: Any
+    world: FactWorld, rng: random.Random, kind: str, n: int, encode: Any, tokenizer: Any, max_context: int = 256
 ) -> list[tuple[list[int], list[float]]]:
     """``n`` one-question rows of one kind: ``present`` (a stated fact among 4), ``hard`` (absent: a hard negative of a
     stated fact), ``chunk`` (absent: a chunk of 0-3 unrelated facts, as OPRM meets hundreds of them)."""
@@ -107,7 +107,7 @@ def _check_rows(
             cur = Curriculum(absent_rate=1.0, hard_negative_rate=0.0, questions=1, distractor_rate=0.0,
                              min_chars=CHECK_CHARS[0], max_chars=CHECK_CHARS[1])  # fmt: skip
             sample = world.sample(rng, cur, n_facts=rng.randint(0, 3))
-        encoded = encode(tokenizer, Sample(sample.context, sample.facts, sample.questions[:1]), 256)
+        encoded = encode(tokenizer, Sample(sample.context, sample.facts, sample.questions[:1]), max_context)
         if encoded is not None:
             rows.append(encoded)
     if len(rows) < n:
@@ -120,18 +120,19 @@ def _check_rows(
 
 @torch.inference_mode()
 def skill_checks(
-    model: torch.nn.Module, tokenizer: Any, encode: Any, seed: int, n: int = 24, batch: int = 8
+    model: torch.nn.Module, tokenizer: Any, encode: Any, seed: int, n: int = 24, batch: int = 8, max_context: int = 256
 ) -> dict[str, float]:
     """Teacher-forced exact match of the whole answer (equal to greedy exact match) on one-chunk questions, for the
     training generator (``seen``) and the held-out family (``heldout``): ``present`` (EM on stated facts), ``hard``
     (correct "not found" on hard negatives), ``chunk`` (per-chunk abstention: correct "not found" in a chunk of
-    unrelated facts). Fresh data from a fixed seed, the same at every check."""
+    unrelated facts). Fresh data from a fixed seed, the same at every check. Contexts longer than ``max_context``
+    tokens are drawn again (a tokenizer of other text, such as v10's, needs a larger bound for the same draws)."""
     model.eval()
     out: dict[str, float] = {}
     for name, world in (("seen", ComposedWorld()), ("heldout", HeldOutFamily())):
         for kind in ("present", "hard", "chunk"):
             rng = random.Random(f"{seed}-{name}-{kind}")
-            rows = _check_rows(world, rng, kind, n, encode, tokenizer)
+            rows = _check_rows(world, rng, kind, n, encode, tokenizer, max_context)
             hits = 0
             for i in range(0, len(rows), batch):
                 part = rows[i : i + batch]
