@@ -29,6 +29,13 @@ FAMILIES = ("mamba2", "mamba", "falcon_mamba", "bamba", "zamba2", "falcon_h1")  
 
 _LIN = ["linear_attention", "full_attention"]
 # Tiny configs of the other registered families: 2-4 layers, every kind of layer the family has at least once.
+# Gated-DeltaNet heads and a two-expert MoE block, as the Qwen3-Next family of configs spells them
+_GDN: dict[str, Any] = dict(
+    head_dim=16, linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4
+)
+_MOE: dict[str, Any] = dict(
+    moe_intermediate_size=32, shared_expert_intermediate_size=32, num_experts=2, num_experts_per_tok=1
+)
 _TINY: dict[str, dict[str, Any]] = {
     "granitemoehybrid": dict(
         hidden_size=64,
@@ -101,15 +108,8 @@ _TINY: dict[str, dict[str, Any]] = {
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=16,
-        linear_key_head_dim=16,
-        linear_value_head_dim=16,
-        linear_num_key_heads=2,
-        linear_num_value_heads=4,
-        moe_intermediate_size=32,
-        shared_expert_intermediate_size=32,
-        num_experts=2,
-        num_experts_per_tok=1,
+        **_GDN,
+        **_MOE,
         layer_types=_LIN,
     ),
     "qwen3_5_text": dict(
@@ -118,11 +118,7 @@ _TINY: dict[str, dict[str, Any]] = {
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=16,
-        linear_key_head_dim=16,
-        linear_value_head_dim=16,
-        linear_num_key_heads=2,
-        linear_num_value_heads=4,
+        **_GDN,
         layer_types=_LIN,
     ),
     "qwen3_5_moe_text": dict(
@@ -130,15 +126,8 @@ _TINY: dict[str, dict[str, Any]] = {
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=16,
-        linear_key_head_dim=16,
-        linear_value_head_dim=16,
-        linear_num_key_heads=2,
-        linear_num_value_heads=4,
-        moe_intermediate_size=32,
-        shared_expert_intermediate_size=32,
-        num_experts=2,
-        num_experts_per_tok=1,
+        **_GDN,
+        **_MOE,
         layer_types=_LIN,
     ),
     "olmo_hybrid": dict(
@@ -235,15 +224,8 @@ _TINY: dict[str, dict[str, Any]] = {
         num_hidden_layers=3,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=16,
-        linear_key_head_dim=16,
-        linear_value_head_dim=16,
-        linear_num_key_heads=2,
-        linear_num_value_heads=4,
-        moe_intermediate_size=32,
-        shared_expert_intermediate_size=32,
-        num_experts=2,
-        num_experts_per_tok=1,
+        **_GDN,
+        **_MOE,
         layer_types=["linear_attention", "sliding_attention", "full_attention"],
         sliding_window=8,
     ),
