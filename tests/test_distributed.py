@@ -50,6 +50,14 @@ def test_missing_ray_is_one_line_naming_the_extra(
     assert not (tmp_path / "idx").exists(), "nothing is written before ray is found"
 
 
+def test_object_store_url_is_refused_in_one_line(tmp_path: Path) -> None:
+    from overflow_core.errors import InputError
+
+    with pytest.raises(InputError, match="mount it") as err:
+        build_index(["text"], "s3://bucket/corpus.idx")
+    assert "\n" not in str(err.value)
+
+
 @pytest.fixture(scope="module")
 def ray_local() -> Any:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -120,7 +128,13 @@ def _same_index(folder: Path, s: dict[str, Any]) -> None:
 def test_build_with_two_workers_equals_one_machine(setup: dict[str, Any]) -> None:
     assert len(storage.read_manifest(setup["root"] / "dist")["shards"]) >= 4, "several shards from both workers"
     _same_index(setup["root"] / "dist", setup)
-    report = build_index(setup["docs"], setup["root"] / "api", setup["model"], workers=2, rows_per_shard=3)
+    seen: list[tuple[int, int]] = []
+    report = build_index(
+        setup["docs"], setup["root"] / "api", setup["model"], workers=2, rows_per_shard=3,
+        progress=lambda done, total: seen.append((done, total)),
+    )  # fmt: skip
+    n = len(setup["local"])
+    assert seen[-1] == (n, n) and len(seen) == report.shards, "progress counts chunks across workers, shard by shard"
     assert (report.workers, report.chunks, report.passes, report.discarded_shards) == (2, len(setup["local"]), 1, ())
     assert report.shards == -(-len(setup["local"]) // 3)
 
