@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -109,21 +108,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _child(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    from overflow_core.bench.scaling import json_child
+
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "overflow_core.bench.gpu", "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env=env,
-        check=False,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise RuntimeError(f"gpu bench {spec['kernels']} failed (exit {proc.returncode}): " + " | ".join(tail))
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    args = ["-m", "overflow_core.bench.gpu", "--child", json.dumps(spec)]
+    return json_child(args, env, timeout_s, f"gpu bench {spec['kernels']}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 
 from overflow_core.bench.memory import PeakRss, current_rss, max_rss
 
-__all__ = ["ALLOCATORS", "baseline_prefill", "length_point", "question_scaling", "run_point", "throughput"]
+__all__ = ["ALLOCATORS", "baseline_prefill", "json_child", "length_point", "question_scaling", "run_point", "throughput"]
 
 logger = logging.getLogger("overflow_core.bench")
 WARM_QUESTION = "What is the locker number of Alice Baker?"
@@ -117,20 +117,22 @@ def run_point(spec: dict[str, Any], timeout_s: float = 1800) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env.update({"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     env.update(ALLOCATORS[allocator])
+    result = json_child(["-m", "overflow_core.bench.scaling", json.dumps(spec)], env, timeout_s, f"scaling point {spec}")
+    result["allocator"] = allocator
+    return result
+
+
+def json_child(args: Sequence[str], env: dict[str, str], timeout_s: float, what: str) -> dict[str, Any]:
+    """Run ``python ARGS`` in a fresh interpreter and return the last JSON object line it printed; a failure raises
+    RuntimeError naming ``what`` with the end of the child's output."""
     proc = subprocess.run(
-        [sys.executable, "-m", "overflow_core.bench.scaling", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env=env,
-        check=False,
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout_s, env=env, check=False
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise RuntimeError(f"scaling point {spec} failed (exit {proc.returncode}): " + " | ".join(tail))
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}): " + " | ".join(tail))
     result: dict[str, Any] = json.loads(lines[-1])
-    result["allocator"] = allocator
     return result
 
 
