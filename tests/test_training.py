@@ -717,7 +717,9 @@ def test_composed_recipe_resumes_exactly_from_a_snapshot_and_checks_both_familie
     whole = load_file(str(tmp_path / "whole" / "checkpoint" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "checkpoint" / "model.safetensors"))
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
-    assert json.loads((tmp_path / "resumed" / "checkpoint" / "state.json").read_text())["step"] == 4
+    state = json.loads((tmp_path / "resumed" / "checkpoint" / "state.json").read_text())
+    first = json.loads((tmp_path / "snap" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 4 and state["cpu_s"] > first["cpu_s"] > 0, "CPU time adds up over resumes"
     with pytest.raises(ValueError, match="composed"):
         TrainConfig(data="composed", stage=2, init="x")
 
@@ -734,3 +736,16 @@ def test_wsd_schedule_holds_the_peak_then_decays_over_the_last_share() -> None:
     assert abs(_lr(cfg, 900) - 0.55e-3) < 1e-9 and abs(_lr(cfg, 1000) - 1e-4) < 1e-12
     longer = TrainConfig(steps=2000, warmup=100, lr=1e-3, schedule="wsd", decay_share=0.2)
     assert _lr(longer, 900) == 1e-3, "extending a wsd run only moves its decay"
+
+
+def test_a_resumed_run_drops_the_log_lines_after_its_checkpoint(tmp_path: Any) -> None:
+    """Steps after the last checkpoint run again on resume, so their log lines go (a line cut by a kill too)."""
+    import json
+
+    from training.train import _truncate_log
+
+    log = tmp_path / "log.jsonl"
+    lines = [json.dumps({"step": s, "loss": 1.0}) for s in (10, 20, 30)] + [json.dumps({"step": 20, "eval": {}})]
+    log.write_text("\n".join(lines) + '\n{"step": 4')
+    _truncate_log(log, 20)
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [10, 20, 20]

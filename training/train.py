@@ -286,7 +286,9 @@ def quick_eval(model: torch.nn.Module, tokenizer: Any, seed: int, n: int = 32) -
     return out
 
 
-def _save_checkpoint(run: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, elapsed: float) -> None:
+def _save_checkpoint(
+    run: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, elapsed: float, cpu: float | None = None
+) -> None:
     """Write the checkpoint beside the last one, then swap it in; refuse non-finite weights, keeping the last good one."""
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
@@ -307,7 +309,10 @@ def _save_checkpoint(run: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
             opt_tensors[f"{i}.step"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(1)
     opt_tensors["torch_rng_state"] = torch.get_rng_state()
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "elapsed_s": elapsed}))
+    record: dict[str, float] = {"step": step, "elapsed_s": elapsed}
+    if cpu is not None:  # CPU seconds of the training process, all threads, summed over resumes
+        record["cpu_s"] = round(cpu, 1)
+    (tmp / "state.json").write_text(json.dumps(record))
     final = run / "checkpoint"
     old = run / "checkpoint.old"
     if final.exists():
@@ -336,6 +341,12 @@ def _load_checkpoint(run: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
         torch.set_rng_state(tensors["torch_rng_state"])
     state = json.loads((ckpt / "state.json").read_text())
     return int(state["step"]), float(state["elapsed_s"])
+
+
+def _checkpoint_cpu(run: Path) -> float:
+    """The CPU seconds recorded with a run's checkpoint (0 without one, or for checkpoints written before it was)."""
+    path = run / "checkpoint" / "state.json"
+    return float(json.loads(path.read_text()).get("cpu_s", 0.0)) if path.exists() else 0.0
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -487,8 +498,9 @@ def train(run_dir: str | Path, cfg: TrainConfig, resume_from: str | Path | None 
     start = time.time() - elapsed
     forward = _compiled(model) if cfg.compile else model
     scan = fast_chunk_scan(outside_compile=cfg.compile and cfg.bf16) if cfg.fast_scan else nullcontext()
+    cpu_base = _checkpoint_cpu(run) - time.process_time()
     with scan:
-        _loop(run, cfg, model, forward, tokenizer, opt, world, log, step, start)
+        _loop(run, cfg, model, forward, tokenizer, opt, world, log, step, start, cpu_base)
     return run / "checkpoint"
 
 
@@ -520,6 +532,7 @@ def _loop(
     log: Any,
     step: int,
     start: float,
+    cpu_base: float = 0.0,
 ) -> None:
     multiple = PAD_MULTIPLE if cfg.compile else 1
     last_save = time.time()
@@ -542,6 +555,7 @@ def _loop(
             "step": step,
             "loss": round(float(loss.detach()), 4),
             "s": round(time.time() - start, 1),
+            "cpu_s": round(time.process_time() + cpu_base, 1),
         }
         if not finite:  # one bad batch must not turn every weight into NaN: skip its update and say so
             log.write(json.dumps({**record, "skipped": "non-finite loss or gradient norm"}) + "\n")
@@ -562,7 +576,7 @@ def _loop(
             log.flush()
         due = cfg.checkpoint_minutes and time.time() - last_save >= 60 * cfg.checkpoint_minutes
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or due:
-            _save_checkpoint(run, model, opt, step, time.time() - start)
+            _save_checkpoint(run, model, opt, step, time.time() - start, time.process_time() + cpu_base)
             last_save = time.time()
 
 
