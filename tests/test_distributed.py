@@ -172,6 +172,10 @@ def test_query_over_two_shard_actors_equals_local(setup: dict[str, Any], capsys:
         assert (b.text, b.parts) == (a.text, a.parts)
         many = index.answer_many(list(QUESTIONS), max_new_tokens=6)
         assert [m.text for m in many] == [local.answer(q, max_new_tokens=6).text for q in QUESTIONS]
+    from overflow_core.errors import IndexMismatchError
+
+    with pytest.raises(IndexMismatchError, match="chunk_tokens"):  # the actor's reason, not "the actor died"
+        DistributedIndex(setup["root"] / "dist", setup["model"], settings={"chunk_tokens": 20}, shard_actors=2)
     capsys.readouterr()
     argv = ["ask", "-q", QUESTIONS[0], "--index", str(setup["root"] / "dist"), "--ray", "--model", str(setup["model"]),
             "--max-new-tokens", "6", "--json"]  # fmt: skip

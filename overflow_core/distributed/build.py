@@ -272,7 +272,7 @@ def _prefill_all(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # "progress bars disabled": ours is the chunk bar below
     expected = json.dumps(dict(fingerprint), sort_keys=True)
     placed: dict[int, tuple[str, int, int, int]] = {}
     shards: list[ShardInfo] = []

@@ -21,7 +21,7 @@ import torch
 from overflow_core import scoring
 from overflow_core.answering import is_not_found
 from overflow_core.distributed.cluster import EngineSpec, balance, connect, local_folder, unwrap
-from overflow_core.errors import ConfigError, InputError, StateIndexError
+from overflow_core.errors import ConfigError, InputError, OverflowCoreError, StateIndexError
 from overflow_core.index import storage
 from overflow_core.index.fingerprint import canonical, sha256
 from overflow_core.types import Answer, Chunk, ChunkScore, Ranking, Timings, Usage
@@ -38,6 +38,15 @@ class ShardActor:
     """Holds some shards of an index (their chunks' states stay on this worker's disk / memory map) and its own engine."""
 
     def __init__(self, spec: EngineSpec, folder: str, chunks: Sequence[int], digest: str, verify: bool) -> None:
+        # Ray does not hand an error raised in an actor's __init__ back to the caller (only "the actor died"): keep it
+        # and raise it from config(), the first call, so the user sees the one-line reason (a model mismatch...).
+        self.error: OverflowCoreError | None = None
+        try:
+            self._open(spec, folder, chunks, digest, verify)
+        except OverflowCoreError as exc:
+            self.error = exc
+
+    def _open(self, spec: EngineSpec, folder: str, chunks: Sequence[int], digest: str, verify: bool) -> None:
         from overflow_core.index import StateIndex
 
         self.engine = spec.load()
@@ -53,6 +62,8 @@ class ShardActor:
         self.local = {g: n for n, g in enumerate(self.globals)}
 
     def config(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
         c = self.engine.config
         return {"criterion": c.criterion, "idk_filter": c.idk_filter, "not_found": c.not_found, "pid": os.getpid()}
 
@@ -148,7 +159,19 @@ class DistributedIndex:
         self.actors = [
             remote.remote(spec, str(folder), mine, _digest([self.chunks[i] for i in mine]), verify) for mine in owned
         ]
-        configs = self._get([a.config.remote() for a in self.actors])
+        refs = [a.config.remote() for a in self.actors]
+        configs, failure = [], None
+        for ref in refs:  # every result fetched, so Ray reports no "unhandled error" for the others
+            try:
+                configs.append(self._ray.get(ref))
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            self.close()
+            err = unwrap(failure)
+            if err is failure:
+                raise failure
+            raise err from None
         self.criterion = str(configs[0]["criterion"])
         self.idk_filter = bool(configs[0]["idk_filter"])
         self.not_found = str(configs[0]["not_found"])
