@@ -189,18 +189,23 @@ def test_serve_answers_concurrent_http_questions_in_batches(setup: dict[str, Any
     import urllib.request
 
     pytest.importorskip("ray.serve", reason="ray[serve] is not installed: pip install 'overflow-core[ray]'")
+    import socket
+
     from ray import serve
 
     from overflow_core.distributed.serve import app
 
     local = setup["local"]
-    serve.start(http_options={"host": "127.0.0.1", "port": 8765})
+    with socket.socket() as probe:  # a free port: other runs on this machine may hold 8000
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(app(setup["root"] / "dist", setup["model"], max_batch_size=4, batch_wait_timeout_s=0.5), route_prefix="/")
 
         def ask(q: str) -> dict[str, Any]:
             body = json.dumps({"question": q, "max_new_tokens": 6}).encode()
-            request = urllib.request.Request("http://127.0.0.1:8765/", data=body, method="POST")
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/", data=body, method="POST")
             with urllib.request.urlopen(request, timeout=120) as response:
                 return dict(json.loads(response.read()))
 
