@@ -379,7 +379,19 @@ def snapshot(run_dir: str | Path, out_dir: str | Path) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    shutil.copytree(run / "checkpoint", tmp / "checkpoint")
+    for attempt in range(5):  # the run may swap in a newer checkpoint mid-copy: copy again until one step's files came
+        before = (run / "checkpoint" / "state.json").read_text()
+        try:
+            shutil.copytree(run / "checkpoint", tmp / "checkpoint")
+            if (run / "checkpoint" / "state.json").read_text() == before == (tmp / "checkpoint" / "state.json").read_text():
+                break
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
+        shutil.rmtree(tmp / "checkpoint", ignore_errors=True)
+        time.sleep(2)
+    else:
+        raise RuntimeError(f"--snapshot: the checkpoint in {run} kept changing while it was copied; try again")
     shutil.copytree(run / "tokenizer", tmp / "tokenizer")
     for name in SNAPSHOT_FILES:
         if (run / name).exists():
