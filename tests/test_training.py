@@ -749,3 +749,31 @@ def test_a_resumed_run_drops_the_log_lines_after_its_checkpoint(tmp_path: Any) -
     log.write_text("\n".join(lines) + '\n{"step": 4')
     _truncate_log(log, 20)
     assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [10, 20, 20]
+
+
+def test_sigterm_stops_a_run_after_its_step_with_a_checkpoint(tmp_path: Any, monkeypatch: Any) -> None:
+    """``kill <pid>`` (SIGTERM) lets the step in progress finish, checkpoints it and returns: nothing is lost."""
+    import json
+    import os
+    import signal
+
+    from training import train as train_module
+    from training.train import TrainConfig, train
+
+    init = tmp_path / "init"
+    _tiny_export(init)
+    real_lr = train_module._lr
+
+    def lr_then_kill(cfg: Any, step: int) -> float:
+        if step == 1:  # during the second step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_lr(cfg, step)
+
+    monkeypatch.setattr(train_module, "_lr", lr_then_kill)
+    before = signal.getsignal(signal.SIGTERM)
+    run = tmp_path / "run"
+    cfg = TrainConfig(**{**TINY, "checkpoint_every": 100}, steps=5, stage=2, init=str(init), warmup=1)  # type: ignore[arg-type]
+    train(run, cfg)
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 2
+    assert "SIGTERM" in (run / "log.jsonl").read_text().splitlines()[-1]
+    assert signal.getsignal(signal.SIGTERM) is before, "the handler is put back"

@@ -29,6 +29,8 @@ import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -511,9 +513,26 @@ def train(run_dir: str | Path, cfg: TrainConfig, resume_from: str | Path | None 
     forward = _compiled(model) if cfg.compile else model
     scan = fast_chunk_scan(outside_compile=cfg.compile and cfg.bf16) if cfg.fast_scan else nullcontext()
     cpu_base = _checkpoint_cpu(run) - time.process_time()
-    with scan:
-        _loop(run, cfg, model, forward, tokenizer, opt, world, log, step, start, cpu_base)
+    STOP.clear()
+    previous = _on_sigterm()
+    try:
+        with scan:
+            _loop(run, cfg, model, forward, tokenizer, opt, world, log, step, start, cpu_base)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return run / "checkpoint"
+
+
+# Set by SIGTERM (``kill <pid>``): the run finishes its step, checkpoints and returns, losing nothing.
+STOP = threading.Event()
+
+
+def _on_sigterm() -> Any:
+    """Make SIGTERM set :data:`STOP` (main thread only); returns the handler it replaced, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, lambda signum, frame: STOP.set())
 
 
 def _compiled(model: torch.nn.Module) -> Any:
@@ -587,9 +606,14 @@ def _loop(
             log.write(json.dumps({"step": step, "eval": checks, "eval_s": round(time.time() - began, 1)}) + "\n")
             log.flush()
         due = cfg.checkpoint_minutes and time.time() - last_save >= 60 * cfg.checkpoint_minutes
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or due:
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or due or STOP.is_set():
             _save_checkpoint(run, model, opt, step, time.time() - start, time.process_time() + cpu_base)
             last_save = time.time()
+        if STOP.is_set():
+            log.write(json.dumps({"step": step, "stopped": "SIGTERM: checkpointed, resume with the same command"}) + "\n")
+            log.flush()
+            logger.info("stopped at step %d on SIGTERM; checkpoint written", step)
+            return
 
 
 def export(run_dir: str | Path, out_dir: str | Path) -> Path:
