@@ -418,7 +418,11 @@ def test_kernel_fallback_warnings_become_one_log_line(
 ) -> None:
     """transformers warns once per kernel function ("`causal_conv1d_fn` is falling back to ..."), four lines for a
     Mamba-2 model; they are dropped and one overflow_core line says the same, once per process."""
+    from transformers.utils import logging as hf_logging
+
     monkeypatch.setattr(loading, "_noted", set())
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()  # an earlier in-process CLI run (oprm bench) may have quietened transformers
     seen = _Records()
     hf_root = logging.getLogger("transformers")
     hf_root.addHandler(seen)
@@ -445,6 +449,7 @@ def test_kernel_fallback_warnings_become_one_log_line(
         assert len([m for m in seen.messages if "falling back" in m]) >= 2
     finally:
         hf_root.removeHandler(seen)
+        hf_logging.set_verbosity(verbosity)
 
 
 # -- the command line ---------------------------------------------------------------------------------------------------

@@ -116,22 +116,33 @@ class _CountingBackend:
 
 
 @pytest.mark.parametrize("release", [True, False])
-def test_prefill_gives_freed_memory_back_after_every_micro_batch(monkeypatch: pytest.MonkeyPatch, release: bool) -> None:
+def test_prefill_trims_the_heap_only_past_the_bound_its_first_batch_sets(
+    monkeypatch: pytest.MonkeyPatch, release: bool
+) -> None:
+    """The first micro-batch sets the bound (size before + 2x what it added, at least 256 MiB above); later batches trim
+    only when the resident set is past it. A trim after every batch (the old, slow policy) would count 4 here."""
     import overflow_core.prefill as prefill_module
 
+    mib = 2**20
+    rss = iter([1000 * mib, 1300 * mib, 1350 * mib, 1700 * mib, 1500 * mib])  # before, then after each of 4 batches
     calls: list[int] = []
-
-    def counting_release() -> bool:
-        calls.append(1)
-        return True
-
-    monkeypatch.setattr(prefill_module, "release_freed_memory", counting_release)
+    monkeypatch.setattr(prefill_module, "resident_bytes", lambda: next(rss))
+    monkeypatch.setattr(prefill_module, "release_freed_memory", lambda: calls.append(1) or True)
     prompts = [[1] * 30, [1] * 40, [1] * 50, [1] * 60]
     batches = list(
-        prefill_module.prefill(_CountingBackend(), prompts, max_batch_tokens=100, pad_id=0, release_memory=release)  # type: ignore[arg-type]
+        prefill_module.prefill(_CountingBackend(), prompts, max_batch_tokens=60, pad_id=0, release_memory=release)  # type: ignore[arg-type]
     )
-    assert sorted(r for b in batches for r in b.rows) == [0, 1, 2, 3]
-    assert len(calls) == (len(batches) if release else 0)
+    assert sorted(r for b in batches for r in b.rows) == [0, 1, 2, 3] and len(batches) == 4
+    # bound = 1000 + max(2 * 300, 256) = 1600 MiB: only the batch that leaves 1700 MiB trims
+    assert len(calls) == (1 if release else 0)
+
+
+def test_heap_bound_trims_every_batch_where_the_resident_set_is_unknown() -> None:
+    from overflow_core.memory import HeapBound
+
+    calls: list[int] = []
+    bound = HeapBound(rss=lambda: None, release=lambda: calls.append(1) or True)
+    assert all(bound.after_batch() for _ in range(3)) and len(calls) == 3
 
 
 def test_release_freed_memory_reports_whether_it_could() -> None:
