@@ -426,6 +426,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OverflowCoreError as exc:
         sys.stderr.write(f"oprm {args.command}: error: {exc}\n")
         return 2
+    except OSError as exc:  # the system refused: disk full, I/O error, a device gone (an index save left nothing behind)
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        sys.stderr.write(f"oprm {args.command}: error: {exc.strerror or exc}{where}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130

@@ -86,3 +86,24 @@ def test_index_then_ask_from_the_index(model_dir: Any, files: list[str], tmp_pat
     from_files = json.loads(capsys.readouterr().out)
     assert from_index["text"] == from_files["text"]
     assert from_index["usage"]["reused_tokens"] > 0
+
+
+def test_a_full_disk_during_an_index_save_is_one_line_and_leaves_nothing(
+    model_dir: Any, files: list[str], tmp_path: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    """The system refusing a write (ENOSPC here) is reported in one line with exit 1, not a traceback, and the folder
+    holds no half-written index."""
+    import errno
+
+    import overflow_core.index.storage as storage
+
+    def full(path: Path, *args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(storage, "write_shard", full)
+    out = tmp_path / "corpus.idx"
+    assert main(["index", *files, "--out", str(out), "--model", str(model_dir("mamba2"))]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 1 and err[-1].startswith("oprm index: error: No space left on device")
+    assert "Traceback" not in "\n".join(err)
+    assert not out.exists() or not any(p.suffix == ".safetensors" for p in out.iterdir())
