@@ -14,14 +14,12 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from overflow_core.chunking import CHUNKER_VERSION
-
-if TYPE_CHECKING:
-    from overflow_core.engine import OPRM
+from overflow_core.index.engine_api import Engine
 
 __all__ = [
     "canonical",
@@ -130,7 +128,7 @@ def weights_digest(
     return total.hexdigest()
 
 
-def model_info(engine: OPRM) -> dict[str, Any]:
+def model_info(engine: Engine) -> dict[str, Any]:
     """What identifies the model: its architecture config, its weights' dtype and a hash of every byte of its weights.
 
     The hash (:func:`weights_digest`) covers each parameter and buffer's name, dtype, shape and all of its values:
@@ -173,7 +171,7 @@ def tokenizer_info(tokenizer: Any) -> dict[str, Any]:
     }
 
 
-def settings_info(engine: OPRM) -> dict[str, Any]:
+def settings_info(engine: Engine) -> dict[str, Any]:
     """The settings that decide which chunks exist and which tokens precede the question."""
     return {
         "chunk_tokens": engine.config.chunk_tokens,

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -31,6 +31,7 @@ from overflow_core.errors import (
     StateIndexError,
 )
 from overflow_core.index import storage
+from overflow_core.index.engine_api import Engine
 from overflow_core.index.fingerprint import differences, model_info, settings_info, tokenizer_info
 from overflow_core.index.storage import (
     DEFAULT_SHARD_BYTES,
@@ -45,9 +46,6 @@ from overflow_core.index.storage import (
 from overflow_core.prefill import plan_batches
 from overflow_core.selection import Kept, Scored, batch_signals, enters_top, keep_best
 from overflow_core.types import Answer, Chunk, Ranking, Timings, Usage
-
-if TYPE_CHECKING:
-    from overflow_core.engine import OPRM
 
 __all__ = ["StateIndex"]
 
@@ -105,7 +103,7 @@ class StateIndex:
 
     MODES = ("oprm", "summarize")  # the answer modes an index supports (vanilla needs the documents themselves)
 
-    def __init__(self, engine: OPRM) -> None:
+    def __init__(self, engine: Engine) -> None:
         """An empty index for ``engine``; use :meth:`build` or :meth:`load`."""
         self.engine = engine
         self._slots: list[_Slot] = []
@@ -118,7 +116,7 @@ class StateIndex:
 
     # -- building -------------------------------------------------------------------------------------------------------
     @classmethod
-    def build(cls, engine: OPRM, documents: Any, *, progress: bool = False) -> StateIndex:
+    def build(cls, engine: Engine, documents: Any, *, progress: bool = False) -> StateIndex:
         """Index ``documents`` (anything :meth:`OPRM.answer` accepts) for ``engine``: chunk them and compute each chunk's
         state once, in micro-batches of at most ``engine.config.max_batch_tokens`` tokens. ``progress`` shows a tqdm bar.
         """
@@ -532,7 +530,7 @@ class StateIndex:
         }
 
     @classmethod
-    def load(cls, path: str | Path, engine: OPRM, *, verify: bool = True) -> StateIndex:
+    def load(cls, path: str | Path, engine: Engine, *, verify: bool = True) -> StateIndex:
         """Open the index saved at ``path`` for ``engine``. States stay on disk and are read shard by shard per query.
 
         The index read is one generation, whole: while this object is open, a save by anyone else (this process or
@@ -580,7 +578,7 @@ class StateIndex:
         raise storage.changed_error(folder, generation, f"{attempts} generations replaced while loading")
 
     @classmethod
-    def _from_manifest(cls, folder: Path, manifest: dict[str, Any], engine: OPRM, lease: Lease) -> StateIndex:
+    def _from_manifest(cls, folder: Path, manifest: dict[str, Any], engine: Engine, lease: Lease) -> StateIndex:
         current = {
             "model": model_info(engine),
             "tokenizer": tokenizer_info(engine.tokenizer),
