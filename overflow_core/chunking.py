@@ -27,7 +27,8 @@ from overflow_core.errors import ConfigError, InputError
 from overflow_core.prompting import _encode_plain, control_token_ids, encode_text
 from overflow_core.types import Chunk, Document, check_text
 
-__all__ = ["CHUNKER_VERSION", "chunk_documents", "control_token_ids", "encode_text"]  # the last two live in prompting, kept here too
+# control_token_ids and encode_text live in prompting; they are kept importable from here too
+__all__ = ["CHUNKER_VERSION", "chunk_documents", "control_token_ids", "encode_text"]
 
 # The chunking rules' version: a state index records it, and one built by other rules is refused (its chunks differ).
 # Raise it whenever the same text and settings could give other chunks.
