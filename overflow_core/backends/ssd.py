@@ -1,16 +1,22 @@
-"""Mamba-2's chunked scan (SSD) in plain torch: the maths of transformers' reference path, with less copying.
+"""Mamba-2's chunked scan (SSD) and the short causal convolution in plain torch: transformers' maths, with less copying.
 
-transformers without ``mamba_ssm`` runs ``mamba2_chunk_scan`` of each Mamba-2 family's modeling module (mamba2, bamba,
-zamba2, falcon_h1, nemotron_h, granitemoehybrid). It copies ``B`` and ``C`` once per head (``repeat_interleave``),
-contracts them per head, and builds every decay matrix through ``expand`` + ``masked_fill`` + ``cumsum``; on a CPU those
-copies take about a third of a forward. :func:`chunk_scan` computes the ``C B^T`` scores once per group, the within-chunk
-decays from one cumulative sum, and carries the state across chunks in a short loop.
+transformers without ``mamba_ssm`` / ``causal_conv1d`` runs two torch functions of each modeling module:
 
-:func:`install` routes a modeling module's ``mamba2_chunk_scan`` through a dispatcher that calls :func:`chunk_scan` only
-inside :func:`fast_scan` blocks (a context variable, so per thread and per task) and transformers' own function
-everywhere else: other models in the process, and other threads, are untouched. Backends open a :func:`fast_scan` block
-around their forwards; ``tests/test_ssd.py`` ties :func:`chunk_scan` to transformers' function (outputs, final states and
-gradients) and the equivalence tests tie every backend to the slow reference path, which runs transformers' own scan.
+- ``mamba2_chunk_scan`` (mamba2, bamba, zamba2, falcon_h1, nemotron_h, granitemoehybrid). It copies ``B`` and ``C`` once
+  per head (``repeat_interleave``), contracts them per head, and builds every decay matrix through ``expand`` +
+  ``masked_fill`` + ``cumsum``. :func:`chunk_scan` computes the ``C B^T`` scores once per group, the decays from one
+  cumulative sum (in place when no gradient is recorded), and the chunk states and their read-out as one matrix product
+  per group with the group's heads folded into the rows, so nothing is copied per head; the output keeps the input's
+  ``[b, L, h, p]`` layout.
+- ``causal_conv1d_fn`` (every family with a short convolution: the Mamba-2 mixers above, mamba, falcon_mamba, jamba,
+  qwen3_next, lfm2, ...). It runs a depthwise ``conv1d`` that a CPU computes slowly for 4 taps; :func:`causal_conv1d`
+  adds the taps as shifted, scaled copies in the input's own memory layout.
+
+:func:`install` routes a modeling module's functions through dispatchers that call this module's versions only inside
+:func:`fast_scan` blocks (a context variable, so per thread and per task) and transformers' own functions everywhere
+else: other models in the process, and other threads, are untouched. Backends open a :func:`fast_scan` block around their
+forwards; ``tests/test_ssd.py`` ties both functions to transformers' (outputs, final states and gradients) and the
+equivalence tests tie every backend to the slow reference path, which runs transformers' own functions.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from typing import Any
 import torch
 from torch.nn import functional
 
-__all__ = ["chunk_scan", "fast_scan", "install"]
+__all__ = ["block_length", "causal_conv1d", "chunk_scan", "fast_scan", "install"]
 
 SCAN_NAME = "mamba2_chunk_scan"  # the function every Mamba-2 family module of transformers 5.x defines
+CONV_NAME = "causal_conv1d_fn"  # the short convolution's function, in every family module with one
 _ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("overflow_fast_ssd_scan", default=False)
 _LOCK = threading.Lock()
 
@@ -38,6 +45,20 @@ def _chunks(t: torch.Tensor, pad: int, size: int) -> torch.Tensor:
     if pad:
         t = functional.pad(t, (0, 0) * (t.dim() - 2) + (0, pad))
     return t.reshape(t.shape[0], -1, size, *t.shape[2:])
+
+
+def block_length(length: int, chunk_size: int) -> int:
+    """The scan's block length for a sequence of ``length``: the one among ``chunk_size``, its halves down to 32, and 48
+    that pads ``length`` least, the longest of those on a tie.
+
+    The result of the scan does not depend on the block length (it only regroups the same sums), but the work does: rows
+    are padded to a whole number of blocks, so a 45-token continuation costs 64 positions with blocks of 64 and 48 with
+    blocks of 48, and a 268-token prompt 512 with a model's blocks of 256 against 288 with blocks of 48.
+    """
+    sizes = {chunk_size} | {chunk_size >> i for i in range(1, 8) if chunk_size >> i >= 32}
+    if chunk_size > 48:
+        sizes.add(48)
+    return min(sizes, key=lambda q: (-(-length // q) * q, -q))
 
 
 def chunk_scan(  # transformers' argument names (A, B, C, D): the mixer passes D by keyword
@@ -62,7 +83,7 @@ def chunk_scan(  # transformers' argument names (A, B, C, D): the mixer passes D
         dt: ``[b, L, h]``, before ``dt_bias`` and softplus.
         A: ``[h]``, negative.
         B, C: ``[b, L, g, n]``, ``g`` dividing ``h``.
-        chunk_size: ``Q``, the block length of the scan.
+        chunk_size: the model's block length; the scan uses :func:`block_length` of it (same result, less padding).
         D: ``[h]``, the skip connection, or None.
         dt_bias: ``[h]`` or None.
         initial_states: ``[b, h, p, n]`` or None (zeros).
@@ -73,96 +94,172 @@ def chunk_scan(  # transformers' argument names (A, B, C, D): the mixer passes D
     """
     b, length, h, p = hidden_states.shape
     g, n = B.shape[2], B.shape[3]
+    r = h // g  # heads per group: they share B and C
     if dt_bias is not None:
         dt = dt + dt_bias.to(dt.dtype)
     if dt_softplus:
         dt = functional.softplus(dt)
     dt = torch.clamp(dt.float(), min=dt_limit[0], max=dt_limit[1])
     x = hidden_states.float()
-    pad = (chunk_size - length % chunk_size) % chunk_size
-    q = chunk_size
+    q = block_length(length, chunk_size)
+    pad = (q - length % q) % q
+    nc = (length + pad) // q
+    inplace = not torch.is_grad_enabled()  # in-place steps save passes over [b, c, h, Q, Q] when nothing is recorded
 
-    xdt = _chunks(x * dt[..., None], pad, q).permute(0, 1, 3, 2, 4)  # [b, c, h, Q, p]
-    a = _chunks(A.float() * dt, pad, q).permute(0, 1, 3, 2)  # [b, c, h, Q]
-    b_chunks = _chunks(B.float(), pad, q).permute(0, 1, 3, 2, 4)  # [b, c, g, Q, n]
-    c_chunks = _chunks(C.float(), pad, q).permute(0, 1, 3, 2, 4)  # [b, c, g, Q, n]
-    nc = xdt.shape[1]
-    a_cum = torch.cumsum(a, dim=-1)  # [b, c, h, Q]
+    xdt = _chunks(x * dt[..., None], pad, q)  # [b, c, Q, h, p]
+    a_cum = torch.cumsum(_chunks(dt * A.float(), pad, q).transpose(-1, -2), dim=-1)  # [b, c, h, Q]
+    b_chunks = _chunks(B.float(), pad, q).transpose(2, 3)  # [b, c, g, Q, n]
+    c_chunks = _chunks(C.float(), pad, q).transpose(2, 3)  # [b, c, g, Q, n]
 
     # 1. within each chunk: y_l = sum_{s <= l} (C_l . B_s) exp(a_cum_l - a_cum_s) xdt_s, scores shared by a group's heads
-    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
-    decay = torch.exp((a_cum[..., :, None] - a_cum[..., None, :]).masked_fill(~causal, float("-inf")))  # [b,c,h,Q,Q]
+    above = torch.ones(q, q, dtype=torch.bool, device=x.device).triu(1)
     scores = c_chunks @ b_chunks.transpose(-1, -2)  # [b, c, g, Q, Q]
-    weights = decay.view(b, nc, g, h // g, q, q) * scores[:, :, :, None]
-    y = (weights.view(b, nc, h, q, q) @ xdt).view(b, nc, h, q, p)
+    segsum = a_cum[..., :, None] - a_cum[..., None, :]  # [b, c, h, Q, Q]
+    if inplace:
+        weights = segsum.masked_fill_(above, float("-inf")).exp_()
+        weights.view(b, nc, g, r, q, q).mul_(scores[:, :, :, None])
+    else:
+        weights = (segsum.masked_fill(above, float("-inf")).exp().view(b, nc, g, r, q, q) * scores[:, :, :, None]).view(
+            b, nc, h, q, q
+        )
+    y = weights @ xdt.transpose(2, 3)  # [b, c, h, Q, p]
 
-    # 2. each chunk's contribution to the state at its end: sum_s exp(a_cum_last - a_cum_s) xdt_s B_s^T
+    # 2. each chunk's contribution to the state at its end, sum_s exp(a_cum_last - a_cum_s) xdt_s B_s^T: one product per
+    #    group with its heads' (head, p) rows folded together, [r*p, Q] @ [Q, n]
     to_end = torch.exp(a_cum[..., -1:] - a_cum)  # [b, c, h, Q]
-    xs = (xdt * to_end[..., None]).transpose(-1, -2).reshape(b, nc, g, h // g, p, q)
-    chunk_states = (xs @ b_chunks[:, :, :, None]).reshape(b, nc, h, p, n)
+    xs = (xdt * to_end.transpose(-1, -2)[..., None]).view(b, nc, q, g, r * p).permute(0, 1, 3, 4, 2)  # [b,c,g,r*p,Q]
+    chunk_states = xs @ b_chunks  # [b, c, g, r*p, n]
 
     # 3. the state entering each chunk, carried across chunks
     state = (
-        initial_states.float()
+        initial_states.float().reshape(b, g, r * p, n)
         if initial_states is not None
-        else torch.zeros(b, h, p, n, dtype=torch.float32, device=x.device)
+        else torch.zeros(b, g, r * p, n, dtype=torch.float32, device=x.device)
     )
-    chunk_decay = torch.exp(a_cum[..., -1])  # [b, c, h]
+    chunk_decay = torch.exp(a_cum[..., -1]).view(b, nc, g, r, 1, 1)
     entering = []
     for k in range(nc):
         entering.append(state)
-        state = state * chunk_decay[:, k, :, None, None] + chunk_states[:, k]
-    starts = torch.stack(entering, dim=1)  # [b, c, h, p, n]
+        state = (state.view(b, g, r, p, n) * chunk_decay[:, k]).view(b, g, r * p, n) + chunk_states[:, k]
+    starts = torch.stack(entering, dim=1)  # [b, c, g, r*p, n]
 
-    # 4. the entering state read out by C, decayed to each position
-    from_start = starts.reshape(b, nc, g, h // g, p, n) @ c_chunks[:, :, :, None].transpose(-1, -2)  # [b,c,g,h/g,p,Q]
-    y = y + from_start.reshape(b, nc, h, p, q).transpose(-1, -2) * torch.exp(a_cum)[..., None]
-
-    out = y.permute(0, 1, 3, 2, 4).reshape(b, nc * q, h, p)[:, :length]
+    # 4. the entering state read out by C (one product per group, [Q, n] @ [n, r*p]), decayed to each position
+    from_start = (c_chunks @ starts.transpose(-1, -2)).view(b, nc, g, q, r, p)
+    from_start = from_start * torch.exp(a_cum).view(b, nc, g, r, q).transpose(-1, -2)[..., None]
+    out = y.transpose(2, 3).reshape(b, nc * q, h, p)
+    out = out + from_start.permute(0, 1, 3, 2, 4, 5).reshape(b, nc * q, h, p)
+    out = out[:, :length]
     if D is not None:
         out = out + D.float()[:, None] * x
-    return (out, state) if return_final_states else out
+    final = state.view(b, h, p, n)
+    return (out, final) if return_final_states else out
 
 
-def _kernels_available() -> bool:
-    return importlib.util.find_spec("mamba_ssm") is not None
+def causal_conv1d(
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """The depthwise causal convolution with transformers' ``causal_conv1d_fn`` signature.
+
+    ``hidden_states [b, C, L]`` (any memory layout), ``weight [C, K]``, ``bias [C]``: ``out[l] = bias + sum_j
+    weight[:, K-1-j] * x[l-j]`` (zero before the start), then ``activation`` (``"silu"``/``"swish"`` or None). The
+    taps are added as shifted copies; elementwise ops follow the input's strides, so a channels-last input (what the
+    mixers pass, a transpose of ``[b, L, C]``) is read and written in order.
+    """
+    length, k = hidden_states.shape[-1], weight.shape[-1]
+    x = hidden_states.to(weight.dtype)
+    out = x * weight[:, k - 1, None]
+    for lag in range(1, min(k, length + 1)):
+        tap = weight[:, k - 1 - lag, None]
+        if torch.is_grad_enabled():
+            out = torch.cat([out[..., :lag], out[..., lag:] + x[..., : length - lag] * tap], -1)
+        else:
+            out[..., lag:].addcmul_(x[..., : length - lag], tap)
+    if bias is not None:
+        out = out + bias[:, None]
+    if activation is not None:
+        out = functional.silu(out)
+    return out.to(hidden_states.dtype)
+
+
+def _kernels_available(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _scan_is_mine(*args: Any, **kwargs: Any) -> bool:
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    return (
+        kwargs.get("z") is None  # a gated scan (z) is not what chunk_scan computes
+        and isinstance(hidden, torch.Tensor)
+        and (hidden.device.type == "cpu" or not _kernels_available("mamba_ssm"))
+    )
+
+
+def _conv_is_mine(*args: Any, **kwargs: Any) -> bool:
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    weight = args[1] if len(args) > 1 else kwargs.get("weight")
+    activation = args[3] if len(args) > 3 else kwargs.get("activation")
+    extra = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "weight", "bias", "activation")}
+    return (
+        isinstance(hidden, torch.Tensor)
+        and hidden.dim() == 3
+        and isinstance(weight, torch.Tensor)
+        and weight.dim() == 2
+        and activation in (None, "silu", "swish")
+        and all(v is None for v in extra.values())  # e.g. seq_idx: packed sequences are the kernels' business
+        and (hidden.device.type == "cpu" or not _kernels_available("causal_conv1d"))
+    )
+
+
+# transformers' name -> (this module's function, looked up at each call; whether a call is one it computes)
+_ROUTES: dict[str, tuple[str, Callable[..., bool]]] = {
+    SCAN_NAME: ("chunk_scan", _scan_is_mine),
+    CONV_NAME: ("causal_conv1d", _conv_is_mine),
+}
+
+
+def _route(module: Any, name: str) -> bool:
+    """Put a dispatcher in front of ``module.name`` (once; the caller holds the lock). False if the module has none."""
+    current: Callable[..., Any] | None = getattr(module, name, None)
+    if current is None:
+        return False
+    if getattr(current, "_overflow_dispatch", False):
+        return True
+    fast, applies = _ROUTES[name]
+
+    def dispatch(*args: Any, **kwargs: Any) -> Any:
+        if _ACTIVE.get() and applies(*args, **kwargs):
+            return globals()[fast](*args, **kwargs)
+        return current(*args, **kwargs)
+
+    dispatch._overflow_dispatch = True  # type: ignore[attr-defined]
+    dispatch.__wrapped__ = current  # type: ignore[attr-defined]
+    setattr(module, name, dispatch)
+    return True
 
 
 def install(model: Any) -> bool:
-    """Route ``model``'s modeling-module scan through the dispatcher (once per module; idempotent, thread-safe).
+    """Route ``model``'s modeling-module scan and convolution through dispatchers (once per module; idempotent,
+    thread-safe).
 
-    Returns whether the module has a scan to route (False for families without one, e.g. Mamba-1 or attention-only).
-    With the ``mamba_ssm`` kernels installed, tensors on a GPU keep going to transformers' function (and so to them).
+    Returns whether the module has anything to route (False for a module with neither function, e.g. attention-only
+    families). With the ``mamba_ssm`` / ``causal_conv1d`` kernels installed, tensors on a GPU keep going to
+    transformers' functions (and so to the kernels).
     """
     module = sys.modules.get(type(model).__module__)
-    original: Callable[..., Any] | None = getattr(module, SCAN_NAME, None)
-    if module is None or original is None:
+    if module is None:
         return False
     with _LOCK:
-        current = getattr(module, SCAN_NAME)
-        if getattr(current, "_overflow_dispatch", False):
-            return True
-        kernels = _kernels_available()
-
-        def dispatch(*args: Any, **kwargs: Any) -> Any:
-            hidden = args[0] if args else kwargs.get("hidden_states")
-            mine = (
-                _ACTIVE.get()
-                and kwargs.get("z") is None  # a gated scan (z) is not what chunk_scan computes
-                and isinstance(hidden, torch.Tensor)
-                and (hidden.device.type == "cpu" or not kernels)
-            )
-            return chunk_scan(*args, **kwargs) if mine else current(*args, **kwargs)
-
-        dispatch._overflow_dispatch = True  # type: ignore[attr-defined]
-        dispatch.__wrapped__ = current  # type: ignore[attr-defined]
-        setattr(module, SCAN_NAME, dispatch)
-    return True
+        routed = [_route(module, name) for name in _ROUTES]
+    return any(routed)
 
 
 @contextmanager
 def fast_scan(enabled: bool = True) -> Iterator[None]:
-    """Within the block, installed modules run :func:`chunk_scan` (in this thread or task only)."""
+    """Within the block, installed modules run :func:`chunk_scan` and :func:`causal_conv1d` (this thread or task only)."""
     token = _ACTIVE.set(enabled)
     try:
         yield
