@@ -49,7 +49,7 @@ def batch_signals(
 
     The not-found signals read the whole phrase when ``idk_ids`` is a :class:`~overflow_core.prompting.NotFoundIds`
     whose phrase takes more than one token: each tokenization of the phrase is teacher-forced on the rows (one batched
-    feed per tokenization, from a copy of their state), ``not_found_prob`` is the probability of the whole phrase and
+    feed for all tokenizations of a length, from a copy of their state), ``not_found_prob`` is the probability of the whole phrase and
     ``idk`` says that greedy decoding would write all of it. With a plain set of ids, or a one-token phrase, both come
     from the first token alone.
     """
@@ -60,22 +60,17 @@ def batch_signals(
     prob = torch.zeros_like(sig.not_found_prob)
     idk = torch.zeros_like(sig.idk)
     first = torch.softmax(logits.float(), -1)
-    states: State | None = None
-    for seq in sequences:
-        # rows where the phrase's first token is below PURSUE cannot write it greedily and add < PURSUE to its probability
-        rows = (first[:, seq[0]] >= PURSUE).nonzero().flatten().tolist() if len(seq) > 1 else list(range(len(prob)))
-        if not rows:
-            continue
-        forced = None
-        if len(seq) > 1:
-            states = states if states is not None else state()
-            sub = states if len(rows) == states.batch_size else backend.select(states, rows)
-            feed = torch.tensor([list(seq[:-1])] * len(rows), dtype=torch.long, device=logits.device)
-            with torch.inference_mode():
-                forced = backend.open(sub).feed(feed, all_logits=True)
-        p, greedy = scoring.phrase_probability(logits[rows], seq, forced)
-        prob[rows] += p.cpu()
-        idk[rows] |= greedy.cpu()
+    # rows where a tokenization's first token is below PURSUE cannot write it greedily and add < PURSUE to its probability
+    pursued = [
+        (seq, (first[:, seq[0]] >= PURSUE).nonzero().flatten().tolist() if len(seq) > 1 else list(range(len(prob))))
+        for seq in sequences
+    ]
+    forced = _teacher_force(backend, state, [(seq, rows) for seq, rows in pursued if len(seq) > 1 and rows], logits.device)
+    for seq, rows in pursued:
+        if rows:
+            p, greedy = scoring.phrase_probability(logits[rows], seq, forced.get(tuple(seq)))
+            prob[rows] += p.cpu()
+            idk[rows] |= greedy.cpu()
     return scoring.Signals(sig.entropy, sig.top_prob, prob, idk)
 
 
@@ -118,4 +113,33 @@ def keep_best(
         selected = backend.select(state, positions)
         for j, i in enumerate(new_rows):
             out[i] = (backend.select(selected, [j]), logits[positions[j] : positions[j] + 1].clone())
+    return out
+
+
+def _teacher_force(
+    backend: Backend,
+    state: Callable[[], State],
+    wanted: Sequence[tuple[tuple[int, ...], list[int]]],
+    device: torch.device,
+) -> dict[tuple[int, ...], torch.Tensor]:
+    """Logits after feeding ``seq[:-1]`` on ``rows`` of the batch, for each ``(seq, rows)`` of ``wanted``.
+
+    Tokenizations of the same length share one feed (their rows stacked, each row fed its own phrase), so a phrase with
+    two tokenizations costs one forward, not two. Returns ``seq -> [len(rows), len(seq) - 1, V]``.
+    """
+    out: dict[tuple[int, ...], torch.Tensor] = {}
+    if not wanted:
+        return out
+    states = state()
+    for length in sorted({len(seq) for seq, _ in wanted}):
+        group = [(seq, rows) for seq, rows in wanted if len(seq) == length]
+        index = [i for _, rows in group for i in rows]
+        sub = states if index == list(range(states.batch_size)) else backend.select(states, index)
+        feed = torch.tensor([list(seq[:-1]) for seq, rows in group for _ in rows], dtype=torch.long, device=device)
+        with torch.inference_mode():
+            logits = backend.open(sub).feed(feed, all_logits=True)
+        start = 0
+        for seq, rows in group:
+            out[tuple(seq)] = logits[start : start + len(rows)]
+            start += len(rows)
     return out

@@ -449,3 +449,80 @@ def test_index_queries_check_k_and_seed_like_the_engine(tuned: Any) -> None:
             index.rank(QUESTION, k=bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"^seed: expected"):
         index.answer(QUESTION, seed=2**70)
+
+
+def _feed_rows(model: Any) -> tuple[list[tuple[int, int]], Any]:
+    """(rows, tokens) of every forward pass of ``model`` (a forward pre-hook; remove it with the returned handle)."""
+    rows: list[tuple[int, int]] = []
+
+    def hook(module: Any, args: Any, kwargs: Any) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        rows.append((int(ids.shape[0]), int(ids.shape[1])))
+
+    return rows, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@pytest.mark.parametrize("family", ["mamba2", "bamba"])
+def test_query_batches_count_stored_tokens_only_when_the_state_grows(engine: Any, family: str) -> None:
+    """A fixed-size recurrent state (mamba2) costs a query's feed nothing for the tokens it stands for, so a batch holds
+    ``budget // tail`` rows; a hybrid's state (bamba: attention keys/values) still counts its stored tokens. Under the
+    old rule (stored tokens + tail for every family) mamba2 would need several times more feeds."""
+    budget = 500
+    e = engine(family, max_batch_tokens=budget)
+    index = StateIndex.build(e, DOCS)
+    tail = len(e.encode_question(QUESTION)) + len(e.prompt_ids.suffix)
+    stored = max(s.tokens for s in index._slots)
+    rows, handle = _feed_rows(e.model)
+    try:
+        index.rank(QUESTION)
+    finally:
+        handle.remove()
+    widest = max(r for r, width in rows if width == tail)  # the question feeds (not the not-found check's)
+    if family == "mamba2":
+        assert widest == min(len(index), budget // tail) > 3 * (budget // (stored + tail))
+    else:
+        assert widest <= budget // tail and widest * (min(s.tokens for s in index._slots) + tail) <= budget
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_index_matches_full_prefill_over_many_query_batches(engine: Any, family: str) -> None:
+    """Queries of fixed-size states in micro-batches of a few rows (budget 3 tails) give the engine's ranking."""
+    e = engine(family, max_batch_tokens=90)
+    tail = len(e.encode_question(QUESTION)) + len(e.prompt_ids.suffix)
+    assert 90 // tail < len(e.chunk(DOCS)) // 3, "the budget must split the query into several batches"
+    index = StateIndex.build(e, DOCS)
+    assert_same_ranking(e.rank(QUESTION, DOCS), index.rank(QUESTION))
+
+
+def test_read_ahead_overlaps_keeps_order_surfaces_errors_and_closes() -> None:
+    import threading
+
+    from overflow_core.index.state_index import _read_ahead
+
+    second_started = threading.Event()
+    closed: list[str] = []
+
+    def source() -> Any:
+        try:
+            yield 1
+            second_started.set()
+            yield 2
+            yield 3
+            raise IndexCorruptError("row 4 is corrupt")
+        finally:
+            closed.append(threading.current_thread().name)
+
+    got = []
+    with pytest.raises(IndexCorruptError, match="row 4"):
+        for item in _read_ahead(source()):
+            if item == 1:  # without read-ahead the second item is not made until this body returns: the wait fails
+                assert second_started.wait(timeout=10), "the next item is made while the caller works on this one"
+            got.append(item)
+    assert got == [1, 2, 3] and len(closed) == 1
+
+    closed.clear()
+    second_started.clear()
+    stream = _read_ahead(source())
+    assert next(stream) == 1
+    stream.close()  # an abandoned iteration closes its source (and so an open shard)
+    assert closed and closed[0].startswith("overflow-index-read")

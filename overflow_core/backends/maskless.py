@@ -49,6 +49,7 @@ class MasklessBackend:
     """See the module docstring. ``model`` is only read; subclasses keep nothing on it between calls."""
 
     name: str
+    attention = False  # the state is a fixed set of tensors, whatever the prompt's length
 
     def __init__(self, model: Any, *, name: str) -> None:
         self.model = model

@@ -7,14 +7,16 @@ and answering are the same functions the engine uses (:mod:`overflow_core.select
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 
@@ -49,6 +51,8 @@ from overflow_core.types import Answer, Chunk, Ranking, Timings, Usage
 
 __all__ = ["StateIndex"]
 
+_T = TypeVar("_T")
+
 
 def _to_device(state: State, device: torch.device) -> State:
     return State(
@@ -70,6 +74,28 @@ class _Snapshot:
         if self._state is None:
             self._state = self._session.state()
         return self._state
+
+
+_DONE = object()
+
+
+def _read_ahead(items: Iterator[_T]) -> Iterator[_T]:
+    """The items of ``items``, each next one produced in a background thread while the caller works on the current one
+    (reading and checking a shard's rows overlaps the forward of the batch before). Errors surface where the item would
+    have; an abandoned iteration closes ``items`` (and so its open shard) before returning."""
+    with ThreadPoolExecutor(1, thread_name_prefix="overflow-index-read") as pool:
+        pending = pool.submit(next, items, _DONE)
+        try:
+            while (item := pending.result()) is not _DONE:
+                pending = pool.submit(next, items, _DONE)
+                yield item  # type: ignore[misc]
+        finally:
+            pending.cancel()
+            with contextlib.suppress(Exception):  # an in-flight read after the caller stopped: nobody wants it
+                pending.result()
+            close = getattr(items, "close", None)
+            if close is not None:
+                pool.submit(close).result()
 
 
 @dataclass
@@ -324,23 +350,30 @@ class StateIndex:
         return Scored(ranking=ranking, kept=kept, prompts=prompts)
 
     def _batches(self, tail: int) -> Iterator[tuple[list[int], State]]:
-        """Stacked states of every chunk, a batch at a time: ``(chunk positions, state)``. In-memory states first, then
-        each shard in turn, opened once; a batch holds at most ``max_batch_tokens`` (state tokens + ``tail``) per row."""
+        """Stacked states of every chunk, a batch at a time, read ahead in a background thread while the caller works on
+        the batch before (:func:`_read_ahead`): ``(chunk positions, state)``. In-memory states first, then each shard in
+        turn, opened once. A batch feeds at most ``max_batch_tokens`` per micro-batch: ``tail`` tokens per row, plus
+        the row's stored tokens when the state keeps attention keys/values (a fixed-size recurrent state costs the feed
+        nothing for the tokens it stands for)."""
+        return _read_ahead(self._stacked(tail))
+
+    def _stacked(self, tail: int) -> Iterator[tuple[list[int], State]]:
         e = self.engine
         budget = e.config.max_batch_tokens
+        grows = getattr(e.backend, "attention", True)  # unknown backends: assume the state grows with the prompt
         memory = [i for i, s in enumerate(self._slots) if s.state is not None]
         by_shard: dict[str, list[int]] = {}
         for i, s in enumerate(self._slots):
             if s.state is None:
                 assert s.shard is not None, "a slot without a state in memory must be in a shard"
                 by_shard.setdefault(s.shard, []).append(i)
-        for group in plan_batches([self._slots[i].tokens + tail for i in memory], budget):
+        for group in plan_batches([self._slots[i].tokens * grows + tail for i in memory], budget):
             rows = [memory[j] for j in group]
             held = [self._slots[i].state for i in rows]
             yield rows, e.backend.stack([_to_device(s, e.device) for s in held if s is not None])
         for shard, positions in by_shard.items():
             with self._open_shard(shard) as reader:
-                for group in plan_batches([self._slots[i].tokens + tail for i in positions], budget):
+                for group in plan_batches([self._slots[i].tokens * grows + tail for i in positions], budget):
                     rows = [positions[j] for j in group]
                     states = [reader.state(self._slots[i].row) for i in rows]
                     yield rows, e.backend.stack([_to_device(s, e.device) for s in states])
