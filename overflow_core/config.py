@@ -41,6 +41,9 @@ _MAX_INT = 2**63 - 1
 DECODING_SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop")  # what a call may override
 _INFO_KEYS = ("trained",)  # what an ``overflow.json`` may carry besides settings (keys starting with "_" too)
 
+CPU_BATCH_TOKENS = 4096  # max_batch_tokens=None on a CPU
+ACCELERATOR_BATCH_TOKENS = 16384  # max_batch_tokens=None on a GPU or another accelerator
+
 # name -> smallest value, for the integer settings
 _INTS = {
     "chunk_tokens": MIN_CHUNK_TOKENS,
@@ -185,7 +188,9 @@ class OPRMConfig:
         criterion: ``"entropy"`` (lowest next-token entropy wins, the paper's default), ``"max_prob"`` (highest
             top-token probability) or ``"not_found_prob"`` (lowest probability of starting the not-found answer).
         idk_filter: drop chunks whose most likely first token starts the not-found answer.
-        max_batch_tokens: token budget of one prefill micro-batch (rows x padded length); bounds memory.
+        max_batch_tokens: token budget of one prefill micro-batch (rows x padded length); bounds memory. ``None`` (the
+            default) picks by device (:attr:`batch_tokens`): 4,096 on a CPU, where larger batches spend their time
+            faulting in fresh pages (``docs/benchmarks.md``), 16,384 on an accelerator.
         max_new_tokens / temperature / top_k / top_p / stop: decoding defaults. ``stop`` is a list of strings (a single
             string is one stop string); ``temperature`` is 0 (greedy) or at least 1e-6.
         device / dtype: where and in what precision the model runs.
@@ -209,7 +214,7 @@ class OPRMConfig:
     not_found: str = DEFAULT_NOT_FOUND
     criterion: Criterion = "entropy"
     idk_filter: bool = True
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int | None = None
     max_new_tokens: int = 64
     temperature: float = 0.0
     top_k: int = 0
@@ -222,6 +227,8 @@ class OPRMConfig:
 
     def __post_init__(self) -> None:
         for f in fields(self):
+            if f.name == "max_batch_tokens" and self.max_batch_tokens is None:
+                continue  # by device: see batch_tokens
             value = check_setting(f.name, getattr(self, f.name))
             if value is not getattr(self, f.name):
                 object.__setattr__(self, f.name, value)  # normalised: a stop string -> a tuple, a dict -> a template
@@ -230,6 +237,13 @@ class OPRMConfig:
                 f"overlap_tokens: expected at most half of chunk_tokens ({self.chunk_tokens} // 2 = "
                 f"{self.chunk_tokens // 2}), got {self.overlap_tokens}; more repeats more than each chunk adds"
             )
+
+    @property
+    def batch_tokens(self) -> int:
+        """The prefill token budget in effect: ``max_batch_tokens``, or the device's default when it is ``None``."""
+        if self.max_batch_tokens is not None:
+            return self.max_batch_tokens
+        return CPU_BATCH_TOKENS if self.device.split(":")[0] == "cpu" else ACCELERATOR_BATCH_TOKENS
 
     def with_overrides(self, **overrides: Any) -> OPRMConfig:
         """A copy with the given fields replaced; ``None`` values are ignored.

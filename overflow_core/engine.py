@@ -244,7 +244,7 @@ class OPRM:
         return prefill(
             self.backend,
             prompts,
-            max_batch_tokens=self.config.max_batch_tokens,
+            max_batch_tokens=self.config.batch_tokens,
             pad_id=self.pad_id,
             device=self.device,
             release_memory=self.config.release_memory,
@@ -421,7 +421,7 @@ class OPRM:
 
     def vanilla_state(self, prompt: Sequence[int]) -> tuple[Any, torch.Tensor]:
         """Run one long prompt as a single sequence in segments of ``max_batch_tokens``; returns (session, logits)."""
-        budget = self.config.max_batch_tokens
+        budget = self.config.batch_tokens
         with torch.inference_mode():
             first = torch.tensor([list(prompt[:budget])], device=self.device)
             logits, state = self.backend.prefill(first, torch.ones_like(first))

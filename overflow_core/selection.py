@@ -49,9 +49,9 @@ def batch_signals(
 
     The not-found signals read the whole phrase when ``idk_ids`` is a :class:`~overflow_core.prompting.NotFoundIds`
     whose phrase takes more than one token: each tokenization of the phrase is teacher-forced on the rows (one batched
-    feed for all tokenizations of a length, from a copy of their state), ``not_found_prob`` is the probability of the whole phrase and
-    ``idk`` says that greedy decoding would write all of it. With a plain set of ids, or a one-token phrase, both come
-    from the first token alone.
+    feed for all tokenizations of a length, from a copy of their state), ``not_found_prob`` is the probability of the
+    whole phrase and ``idk`` says that greedy decoding would write all of it. With a plain set of ids, or a one-token
+    phrase, both come from the first token alone.
     """
     sig = scoring.signals(logits, idk_ids)
     sequences = getattr(idk_ids, "sequences", ())  # a NotFoundIds: the whole phrase, per tokenization

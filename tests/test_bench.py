@@ -317,7 +317,7 @@ def test_long_lengths_and_index_limit_and_shared_points(engine: Any) -> None:
     r.load()
     assert [i.task for i in r.items if i.length == 600] == ["single"], "long lengths use only the long tasks"
     scaling, memory = r._point_specs()
-    budget = oprm.config.max_batch_tokens
+    budget = oprm.config.batch_tokens
     assert [p["max_batch_tokens"] for p in scaling] == [budget, budget]
     unique = {json.dumps(p, sort_keys=True) for p in scaling + memory}
     assert len(unique) == 2 + 4

@@ -847,6 +847,9 @@ def _well_formed(config: OPRMConfig) -> None:
 
     for name, low in INT_SETTINGS.items():
         value = getattr(config, name)
+        if name == "max_batch_tokens" and value is None:  # by device
+            value = config.batch_tokens
+            assert value == (4096 if config.device.split(":")[0] == "cpu" else 16384)
         assert type(value) is int and low <= value < 2**63, (name, value)
     assert 2 * config.overlap_tokens <= config.chunk_tokens
     for name in ("temperature", "top_p"):

@@ -224,3 +224,15 @@ def test_generation_lstrip_drops_the_leading_space_from_pieces_and_text(lstrip: 
     assert "".join(pieces) == generation.text == expected
     assert generation.token_ids == [4, 1, 2, 3] and generation.finish_reason == "stop"
     assert all(pieces), "no empty pieces"
+
+
+def test_the_default_prefill_budget_follows_the_device() -> None:
+    """``max_batch_tokens=None`` is 4,096 tokens on a CPU and 16,384 on an accelerator, also after the device changes; a
+    budget that was set stays."""
+    from overflow_core.config import OPRMConfig
+
+    cpu = OPRMConfig()
+    assert cpu.max_batch_tokens is None and cpu.batch_tokens == 4096
+    assert cpu.with_overrides(device="cuda:1").batch_tokens == 16384
+    assert OPRMConfig(device="cuda", max_batch_tokens=1000).batch_tokens == 1000
+    assert OPRMConfig(max_batch_tokens=1000).with_overrides(device="cuda").batch_tokens == 1000

@@ -240,7 +240,7 @@ def _throughput(argv: Sequence[str]) -> int:
         print(json.dumps(tp, indent=1))
         return 0
     print(f"model {oprm.name}: {fpt / 1e6:.2f} MFLOP/token (2 x non-embedding params); max_batch_tokens "
-          f"{oprm.config.max_batch_tokens:,}; {torch.get_num_threads()} threads; GEMM peak {gemm['flops'] / 1e9:.1f} GFLOP/s")
+          f"{oprm.config.batch_tokens:,}; {torch.get_num_threads()} threads; GEMM peak {gemm['flops'] / 1e9:.1f} GFLOP/s")
     print(f"input: {tp['context_tokens']:,} tokens; median of {args.reps} runs")
     for label, key in (("oprm (batched)", "oprm"), ("vanilla (1 sequence)", "vanilla")):
         print(f"  {label:<22} {tp[f'{key}_prompt_tokens']:>9,} tokens  {tp[f'{key}_prefill_s']:>7.3f} s  "

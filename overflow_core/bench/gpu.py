@@ -62,7 +62,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "dtype": dtype,
         "kernels": spec["kernels"],
         "kernels_importable": kernels,
-        "max_batch_tokens": oprm.config.max_batch_tokens,
+        "max_batch_tokens": oprm.config.batch_tokens,
         "chunk_tokens": oprm.config.chunk_tokens,
         "points": [],
     }

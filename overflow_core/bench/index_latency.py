@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = engine.config
     docs, questions, corpus_tokens = make_corpus(engine, args.tokens, args.questions, args.seed)
     print(f"model               {engine.name} ({engine.backend.name}, {cfg.dtype}, {engine.device}), "
-          f"chunk_tokens={cfg.chunk_tokens}, max_batch_tokens={cfg.max_batch_tokens}, threads={torch.get_num_threads()}")
+          f"chunk_tokens={cfg.chunk_tokens}, max_batch_tokens={cfg.batch_tokens}, threads={torch.get_num_threads()}")
 
     t0 = time.perf_counter()
     built = StateIndex.build(engine, docs, progress=args.progress)

@@ -186,7 +186,7 @@ class Run:
     def _point_specs(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The subprocess points of the scaling and memory sections. A point both need (same settings) runs once."""
         s = self.spec
-        default = self.oprm.config.max_batch_tokens
+        default = self.oprm.config.batch_tokens
 
         def point(tokens: int, budget: int, allocator: str = "glibc") -> dict[str, Any]:
             return {"model": s.model, "tokens": tokens, "threads": s.threads, "seed": s.seed, "chunking": True,

@@ -61,7 +61,7 @@ def length_point(spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "tokens": int(spec["tokens"]),
         "context_tokens": measured,
-        "max_batch_tokens": oprm.config.max_batch_tokens,
+        "max_batch_tokens": oprm.config.batch_tokens,
         "chunk_tokens": oprm.config.chunk_tokens,
         "threads": torch.get_num_threads(),
         "load_s": load_s,
@@ -207,7 +207,7 @@ def throughput(oprm: Any, tokens: int, *, reps: int = 3, seed: int = 0, baseline
         "tokens": tokens,
         "context_tokens": measured,
         "reps": reps,
-        "max_batch_tokens": oprm.config.max_batch_tokens,
+        "max_batch_tokens": oprm.config.batch_tokens,
         "oprm_prompt_tokens": o_tok,
         "oprm_padded_tokens": now["padded"],
         "oprm_prefill_s": op,

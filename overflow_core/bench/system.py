@@ -67,7 +67,7 @@ def describe_model(oprm: Any, path: str | None) -> dict[str, Any]:
         "non_embedding_params": fpt // 2,
         "flops_per_token": fpt,
         "chunk_tokens": oprm.config.chunk_tokens,
-        "max_batch_tokens": oprm.config.max_batch_tokens,
+        "max_batch_tokens": oprm.config.batch_tokens,
         "max_new_tokens": oprm.config.max_new_tokens,
         "dtype": oprm.config.dtype,
         "not_found": oprm.config.not_found,

@@ -19,8 +19,9 @@ The steps, each done by the module that owns it:
    (:class:`~overflow_core.errors.IndexCorruptError`); each row's bytes are checked when a query reads them. No
    pickles: tensors in safetensors, the rest in JSON. See :mod:`overflow_core.index.storage`.
 3. **query**: stored states are read shard by shard (safetensors memory-maps them, so an index bigger than RAM works),
-   stacked into batches of at most ``max_batch_tokens`` (state tokens + question tokens per row), and every row is fed the
-   same question tokens, so no padding is needed. Scoring, selection and decoding are the engine's own.
+   stacked into batches of at most ``max_batch_tokens`` (question tokens per row, plus the state's tokens when it keeps
+   attention keys/values), read ahead in a background thread, and every row is fed the same question tokens, so no
+   padding is needed. Scoring, selection and decoding are the engine's own.
 
 Results equal the full-prefill engine's (:meth:`OPRM.rank <overflow_core.engine.OPRM.rank>`,
 :meth:`OPRM.answer <overflow_core.engine.OPRM.answer>`) within float tolerance: the same chunks, the same ranking, the same

@@ -359,7 +359,7 @@ class StateIndex:
 
     def _stacked(self, tail: int) -> Iterator[tuple[list[int], State]]:
         e = self.engine
-        budget = e.config.max_batch_tokens
+        budget = e.config.batch_tokens
         grows = getattr(e.backend, "attention", True)  # unknown backends: assume the state grows with the prompt
         memory = [i for i, s in enumerate(self._slots) if s.state is not None]
         by_shard: dict[str, list[int]] = {}
