@@ -364,6 +364,10 @@ def test_baseline_prefill_is_the_prefill_before_issue_26_and_is_undone(engine: A
     oprm.rank("What is it?", docs)
     assert oprm.backend.fast_scan and scans, "after the block the fast scan is back"
     assert len(trims) <= 1, "and the heap is trimmed only past its bound"
+    default = engine("mamba2")  # the default budget (4,096 on a CPU) was 16,384 before #26
+    with baseline_prefill(default):
+        assert default.config.batch_tokens == 16384
+    assert default.config.max_batch_tokens is None and default.config.batch_tokens == 4096
 
 
 def test_gpu_bench_dry_runs_on_the_cpu_with_the_kernels_blocked(model_dir: Any, tmp_path: Path) -> None:

@@ -136,22 +136,32 @@ def json_child(args: Sequence[str], env: dict[str, str], timeout_s: float, what:
     return result
 
 
+PRE_26_BATCH_TOKENS = 16384  # the default max_batch_tokens before issue #26 (now 4,096 on a CPU)
+
+
 @contextmanager
 def baseline_prefill(oprm: Any) -> Iterator[None]:
     """Prefill as it was before the speed work of issue #26, for figures side by side in one run: transformers' own SSD
-    scan (not :mod:`overflow_core.backends.ssd`) and a heap trim after every micro-batch (not
-    :class:`~overflow_core.memory.HeapBound`'s trim past a bound). Not thread-safe: for benchmarks only."""
+    scan and convolution (not :mod:`overflow_core.backends.ssd`), a heap trim after every micro-batch (not
+    :class:`~overflow_core.memory.HeapBound`'s trim past a bound), and the default budget of then (16,384 tokens) when
+    the engine's is the default. Not thread-safe: for benchmarks only."""
+    import dataclasses
+
     import overflow_core.prefill as prefill_module
 
     backend = oprm.backend
     fast = getattr(backend, "fast_scan", None)
     rss = prefill_module.resident_bytes
+    config = oprm.config
     if fast is not None:
         backend.fast_scan = False
     prefill_module.resident_bytes = lambda: None  # type: ignore[assignment]  # unknown size: HeapBound trims each batch
+    if config.max_batch_tokens is None:
+        oprm.config = dataclasses.replace(config, max_batch_tokens=PRE_26_BATCH_TOKENS)
     try:
         yield
     finally:
+        oprm.config = config
         prefill_module.resident_bytes = rss  # type: ignore[assignment]
         if fast is not None:
             backend.fast_scan = fast
