@@ -220,6 +220,7 @@ def _throughput(argv: Sequence[str]) -> int:
     p.add_argument("--tokens", type=int, default=65536, help="input length")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--max-batch-tokens", type=int, default=None)
+    p.add_argument("--chunk-tokens", type=int, default=None, help="chunk size (default: the model's)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-baseline", action="store_true", help="skip the side-by-side run of the prefill before #26")
     p.add_argument("--json", action="store_true")
@@ -227,8 +228,8 @@ def _throughput(argv: Sequence[str]) -> int:
     _quiet_transformers()
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = {"max_batch_tokens": args.max_batch_tokens} if args.max_batch_tokens else {}
-    oprm = OPRM.from_pretrained(args.model, **settings)
+    settings = {"max_batch_tokens": args.max_batch_tokens, "chunk_tokens": args.chunk_tokens}
+    oprm = OPRM.from_pretrained(args.model, **{k: v for k, v in settings.items() if v})
     gemm = metrics.gemm_peak()
     tp = throughput(oprm, args.tokens, reps=args.reps, baseline=not args.no_baseline)
     fpt = metrics.flops_per_token(oprm.model)
@@ -240,7 +241,8 @@ def _throughput(argv: Sequence[str]) -> int:
         print(json.dumps(tp, indent=1))
         return 0
     print(f"model {oprm.name}: {fpt / 1e6:.2f} MFLOP/token (2 x non-embedding params); max_batch_tokens "
-          f"{oprm.config.batch_tokens:,}; {torch.get_num_threads()} threads; GEMM peak {gemm['flops'] / 1e9:.1f} GFLOP/s")
+          f"{oprm.config.batch_tokens:,}; chunk_tokens {oprm.config.chunk_tokens}; {torch.get_num_threads()} threads; "
+          f"GEMM peak {gemm['flops'] / 1e9:.1f} GFLOP/s")
     print(f"input: {tp['context_tokens']:,} tokens; median of {args.reps} runs")
     for label, key in (("oprm (batched)", "oprm"), ("vanilla (1 sequence)", "vanilla")):
         print(f"  {label:<22} {tp[f'{key}_prompt_tokens']:>9,} tokens  {tp[f'{key}_prefill_s']:>7.3f} s  "

@@ -235,7 +235,8 @@ def throughput(oprm: Any, tokens: int, *, reps: int = 3, seed: int = 0, baseline
         bop, bvp = statistics.median(base["o_pre"]), statistics.median(base["v_pre"])
         out.update(
             {
-                "baseline": "transformers' SSD scan and a heap trim after every micro-batch (before issue #26)",
+                "baseline": "before issue #26: transformers' SSD scan and convolution, a heap trim after every micro-batch, "
+                "16,384-token batches",
                 "baseline_oprm_prefill_s": bop,
                 "baseline_oprm_prefill_tokens_per_s": o_tok / bop,
                 "baseline_vanilla_prefill_s": bvp,
