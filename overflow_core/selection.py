@@ -134,10 +134,11 @@ def _teacher_force(
     for length in sorted({len(seq) for seq, _ in wanted}):
         group = [(seq, rows) for seq, rows in wanted if len(seq) == length]
         index = [i for _, rows in group for i in rows]
-        sub = states if index == list(range(states.batch_size)) else backend.select(states, index)
+        fresh = index != list(range(states.batch_size))  # select copies; the batch's own state is read again after this
+        sub = backend.select(states, index) if fresh else states
         feed = torch.tensor([list(seq[:-1]) for seq, rows in group for _ in rows], dtype=torch.long, device=device)
         with torch.inference_mode():
-            logits = backend.open(sub).feed(feed, all_logits=True)
+            logits = backend.open(sub, copy=not fresh).feed(feed, all_logits=True)
         start = 0
         for seq, rows in group:
             out[tuple(seq)] = logits[start : start + len(rows)]

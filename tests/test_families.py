@@ -117,6 +117,9 @@ def test_selected_and_stacked_states_continue_like_one_full_forward(tiny: Any, f
         stacked = backend.stack([picked, alone])
         fed = backend.open(stacked).feed(torch.tensor([cont] * 3), all_logits=True).float()
         again = backend.open(picked).feed(torch.tensor([cont[:1]] * 2)).float()  # ``picked`` is still a value
+        given = backend.open(backend.stack([picked, alone]), copy=False)  # a state made for this session: no copy
+        handed = given.feed(torch.tensor([cont] * 3), all_logits=True).float()
+    torch.testing.assert_close(handed, fed, rtol=0, atol=TOL)
     for row, p in enumerate([prompts[2], prompts[1], other]):
         full = _logits(model, p + cont)[-len(cont) :]
         err = float((fed[row] - full).abs().max())

@@ -89,6 +89,7 @@ class Backend(Protocol):
         """One state whose rows are the rows of ``states`` in order."""
         ...
 
-    def open(self, state: State) -> Session:
-        """A session that starts from a private copy of ``state``."""
+    def open(self, state: State, *, copy: bool = True) -> Session:
+        """A session that starts from a private copy of ``state``; ``copy=False`` hands the session the state's own
+        tensors instead (the caller gives the state up: it made it for this session and never reads it again)."""
         ...

@@ -135,9 +135,9 @@ class DynamicCacheBackend:
         lengths = torch.cat([s.lengths for s in states])
         return State(tensors=tensors, lengths=lengths, mask=mask, backend=self.name)
 
-    def open(self, state: State) -> DynamicCacheSession:
+    def open(self, state: State, *, copy: bool = True) -> DynamicCacheSession:
         self._check(state)
-        return DynamicCacheSession(self, state)
+        return DynamicCacheSession(self, state, copy=copy)
 
     def _check(self, state: State) -> None:
         if state.backend != self.name:
@@ -154,9 +154,9 @@ def _drop_front(name: str, kv: torch.Tensor, width: int) -> torch.Tensor:
 class DynamicCacheSession:
     """A live cache, private to its owner, advanced in place by :meth:`feed`."""
 
-    def __init__(self, backend: DynamicCacheBackend, state: State) -> None:
+    def __init__(self, backend: DynamicCacheBackend, state: State, *, copy: bool = True) -> None:
         self.backend = backend
-        tensors = {k: t.clone() for k, t in state.tensors.items()}
+        tensors = {k: t.clone() for k, t in state.tensors.items()} if copy else dict(state.tensors)
         self.lengths = state.lengths.clone()
         consumed = (
             state.mask.shape[1] if state.mask is not None else (int(self.lengths.max()) if self.lengths.numel() else 0)

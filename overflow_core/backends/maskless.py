@@ -111,9 +111,9 @@ class MasklessBackend:
         tensors = {k: torch.cat([s.tensors[k] for s in states], 0) for k in states[0].tensors}
         return State(tensors=tensors, lengths=torch.cat([s.lengths for s in states]), backend=self.name)
 
-    def open(self, state: State) -> MasklessSession:
+    def open(self, state: State, *, copy: bool = True) -> MasklessSession:
         self._check(state)
-        return MasklessSession(self, state)
+        return MasklessSession(self, state, copy=copy)
 
     def _check(self, state: State) -> None:
         if state.backend != self.name:
@@ -123,9 +123,9 @@ class MasklessBackend:
 class MasklessSession:
     """A private copy of a state, advanced in place by :meth:`feed`."""
 
-    def __init__(self, backend: MasklessBackend, state: State) -> None:
+    def __init__(self, backend: MasklessBackend, state: State, *, copy: bool = True) -> None:
         self.backend = backend
-        self.tensors = {k: t.clone() for k, t in state.tensors.items()}
+        self.tensors = {k: t.clone() for k, t in state.tensors.items()} if copy else dict(state.tensors)
         self.lengths = state.lengths.clone()
 
     def feed(self, ids: torch.Tensor, *, all_logits: bool = False) -> torch.Tensor:

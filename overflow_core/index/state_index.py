@@ -312,7 +312,7 @@ class StateIndex:
         t0 = time.perf_counter()
         for rows, stacked in self._batches(len(tail)):
             with torch.inference_mode():
-                session = e.backend.open(stacked)
+                session = e.backend.open(stacked, copy=False)  # stacked for this session alone
                 logits = session.feed(torch.tensor([tail] * len(rows), dtype=torch.long, device=e.device))
                 t1 = time.perf_counter()
                 t_prefill += t1 - t0
