@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 import torch
@@ -39,6 +40,34 @@ def test_chunk_scan_equals_transformers_scan() -> None:
             y0 = ssd.chunk_scan(x, dt, a, bm, cm, q, **{**kw, "initial_states": None})[0]
             assert (y0 - y2).abs().max() > 1e-1
 
+
+
+def test_state_step_equals_transformers_step() -> None:
+    """One recurrent step: the output and the state written in place equal transformers' for one and two groups, with
+    and without D, dt_bias, softplus and the z gate, given per-head values expanded as the mixers pass them. A dropped
+    decay or input term moves the state by O(1)."""
+    from transformers.models.mamba2 import modeling_mamba2
+
+    name = "mamba2_selective_state_update"
+    original = getattr(getattr(modeling_mamba2, name), "__wrapped__", getattr(modeling_mamba2, name))
+    torch.manual_seed(3)
+    for b, h, p, g, n, extras in [(3, 4, 8, 1, 16, True), (2, 6, 4, 2, 8, False), (1, 2, 4, 1, 4, True)]:
+        x, dt = torch.randn(b, h, p), torch.randn(b, 1, h).transpose(1, 2).expand(-1, -1, p)
+        a = (-torch.rand(h))[:, None, None].expand(-1, p, n)
+        bm, cm, s0 = torch.randn(b, g, n), torch.randn(b, g, n), torch.randn(b, h, p, n)
+        kw: dict[str, Any] = {"dt_softplus": extras}
+        if extras:
+            kw |= {"D": torch.randn(h)[:, None].expand(-1, p), "dt_bias": torch.randn(h)[:, None].expand(-1, p)}
+            kw["z"] = torch.randn(b, h, p)
+        assert ssd._step_is_mine(s0, x, dt, a, bm, cm, **kw)
+        theirs, mine = s0.clone(), s0.clone()
+        y1 = original(theirs, x, dt, a, bm, cm, **kw)
+        y2 = ssd.state_step(mine, x, dt, a, bm, cm, **kw)
+        torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+        assert (mine - s0).abs().max() > 1e-1
+    full_dt = torch.randn(1, 2, 4)  # a dt that differs along p is not per head: transformers' step keeps it
+    assert not ssd._step_is_mine(torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4), full_dt, a[:2, :4, :4], bm, cm)
 
 
 def test_block_length_pads_least_and_prefers_long_blocks() -> None:

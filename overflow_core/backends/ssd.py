@@ -11,6 +11,9 @@ transformers without ``mamba_ssm`` / ``causal_conv1d`` runs two torch functions 
 - ``causal_conv1d_fn`` (every family with a short convolution: the Mamba-2 mixers above, mamba, falcon_mamba, jamba,
   qwen3_next, lfm2, ...). It runs a depthwise ``conv1d`` that a CPU computes slowly for 4 taps; :func:`causal_conv1d`
   adds the taps as shifted, scaled copies in the input's own memory layout.
+- ``mamba2_selective_state_update`` (the Mamba-2 mixers' one-token step: decoding, and the not-found check's forced
+  token). It expands the per-head decay and input to the state's size; :func:`state_step` decays, adds and reads the
+  state in three passes.
 
 :func:`install` routes a modeling module's functions through dispatchers that call this module's versions only inside
 :func:`fast_scan` blocks (a context variable, so per thread and per task) and transformers' own functions everywhere
@@ -32,10 +35,11 @@ from typing import Any
 import torch
 from torch.nn import functional
 
-__all__ = ["block_length", "causal_conv1d", "chunk_scan", "fast_scan", "install"]
+__all__ = ["block_length", "causal_conv1d", "chunk_scan", "fast_scan", "install", "state_step"]
 
 SCAN_NAME = "mamba2_chunk_scan"  # the function every Mamba-2 family module of transformers 5.x defines
 CONV_NAME = "causal_conv1d_fn"  # the short convolution's function, in every family module with one
+STEP_NAME = "mamba2_selective_state_update"  # one recurrent step (decoding, and the not-found check's forced token)
 _ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("overflow_fast_ssd_scan", default=False)
 _LOCK = threading.Lock()
 
@@ -185,6 +189,47 @@ def causal_conv1d(
     return out.to(hidden_states.dtype)
 
 
+def state_step(  # transformers' argument names (A, B, C, D)
+    state: torch.Tensor,
+    hidden_states: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,  # noqa: N803
+    B: torch.Tensor,  # noqa: N803
+    C: torch.Tensor,  # noqa: N803
+    D: torch.Tensor | None = None,  # noqa: N803
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    z: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """One recurrent step with transformers' ``mamba2_selective_state_update`` signature: ``state [b, h, p, n]`` is
+    advanced in place by one token and the step's output ``[b, h, p]`` returned.
+
+    transformers' Mamba-2 mixers pass ``dt``, ``A``, ``D`` and ``dt_bias`` as per-head values expanded over ``p`` (and
+    ``n``); this step uses them per head, so the decay is one multiply of the state, the input one batched outer
+    product added in place, the read-out one batched product: three passes over the state, where transformers' step
+    makes about ten, materialising the decay and the input at the state's size. Only for a float32 state with per-head
+    values (:func:`_step_is_mine`).
+    """
+    b, h, p = hidden_states.shape
+    g, n = B.shape[1], B.shape[-1]
+    step = dt[..., 0].float()  # [b, h]
+    if dt_bias is not None:
+        step = step + dt_bias[:, 0].float()
+    if dt_softplus:
+        step = functional.softplus(step)
+    x = hidden_states.float()
+    grouped = state.view(b * g, (h // g) * p, n)
+    state.mul_(torch.exp(step * A[:, 0, 0].float())[..., None, None])
+    grouped.baddbmm_((x * step[..., None]).reshape(b * g, (h // g) * p, 1), B.float().reshape(b * g, 1, n))
+    out = torch.bmm(grouped, C.float().reshape(b * g, n, 1)).view(b, h, p)
+    if D is not None:
+        out = out + x * D.float()
+    if z is not None:
+        out = out * functional.silu(z.float())
+    return out.to(hidden_states.dtype)
+
+
 def _kernels_available(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
@@ -215,9 +260,31 @@ def _conv_is_mine(*args: Any, **kwargs: Any) -> bool:
 
 
 # transformers' name -> (this module's function, looked up at each call; whether a call is one it computes)
+def _step_is_mine(*args: Any, **kwargs: Any) -> bool:
+    names = ("state", "hidden_states", "dt", "A", "B", "C", "D", "dt_bias")
+    given = dict(zip(names, args, strict=False)) | {k: v for k, v in kwargs.items() if k in names}
+    state, x, dt, a = (given.get(k) for k in ("state", "hidden_states", "dt", "A"))
+    if not all(isinstance(t, torch.Tensor) for t in (state, x, dt, a)):
+        return False
+    per_head = [dt.stride(-1) == 0, a.stride(-1) == 0 and a.stride(-2) == 0]  # type: ignore[union-attr]
+    for name in ("D", "dt_bias"):
+        t = given.get(name)
+        per_head.append(t is None or (isinstance(t, torch.Tensor) and t.dim() == 2 and t.stride(-1) == 0))
+    tensors = [t for t in given.values() if isinstance(t, torch.Tensor)]
+    recorded = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)  # in-place steps: no autograd
+    return (
+        all(per_head)
+        and not recorded
+        and state.dtype == torch.float32  # type: ignore[union-attr]
+        and state.is_contiguous()  # type: ignore[union-attr]
+        and (state.device.type == "cpu" or not _kernels_available("mamba_ssm"))  # type: ignore[union-attr]
+    )
+
+
 _ROUTES: dict[str, tuple[str, Callable[..., bool]]] = {
     SCAN_NAME: ("chunk_scan", _scan_is_mine),
     CONV_NAME: ("causal_conv1d", _conv_is_mine),
+    STEP_NAME: ("state_step", _step_is_mine),
 }
 
 
@@ -259,7 +326,7 @@ def install(model: Any) -> bool:
 
 @contextmanager
 def fast_scan(enabled: bool = True) -> Iterator[None]:
-    """Within the block, installed modules run :func:`chunk_scan` and :func:`causal_conv1d` (this thread or task only)."""
+    """Within the block, installed modules run this module's functions (in this thread or task only)."""
     token = _ACTIVE.set(enabled)
     try:
         yield
