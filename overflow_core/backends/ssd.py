@@ -145,7 +145,7 @@ def chunk_scan(  # transformers' argument names (A, B, C, D): the mixer passes D
     for k in range(nc):
         entering.append(state)
         state = (state.view(b, g, r, p, n) * chunk_decay[:, k]).view(b, g, r * p, n) + chunk_states[:, k]
-    starts = torch.stack(entering, dim=1)  # [b, c, g, r*p, n]
+    starts = entering[0][:, None] if nc == 1 else torch.stack(entering, dim=1)  # [b, c, g, r*p, n]; one chunk: a view
 
     # 4. the entering state read out by C (one product per group, [Q, n] @ [n, r*p]), decayed to each position
     from_start = (c_chunks @ starts.transpose(-1, -2)).view(b, nc, g, q, r, p)
