@@ -265,7 +265,7 @@ def test_small_run_writes_json_and_markdown(engine: Any, tmp_path: Path) -> None
     assert saved["machine"]["usable_cpus"] >= 1 and saved["gemm"]["flops"] > 0
     page = (tmp_path / "bench_test.md").read_text()
     assert "| 600 | single |" in page and "## Prefill throughput" in page and "## Per-question latency" in page
-    assert "speedup_oprm_prefill" in result["throughput"] and "the baseline (transformers' SSD scan" in page
+    assert "speedup_oprm_prefill" in result["throughput"] and "the baseline (before issue #26: transformers' SSD scan" in page
     assert [p.name for p in paths] == ["bench_test.json", "bench_test.md"]
     assert headline(result) == h
 
