@@ -446,7 +446,8 @@ def test_kernel_fallback_warnings_become_one_log_line(
             engine.answer(QUESTION, DOCS, max_new_tokens=2)
         finally:
             loading._route_kernel_fallbacks()
-        assert len([m for m in seen.messages if "falling back" in m]) >= 2
+        # at least the one-token convolution's (the library routes the scan, the convolution and the step to its own)
+        assert len([m for m in seen.messages if "falling back" in m]) >= 1
     finally:
         hf_root.removeHandler(seen)
         hf_logging.set_verbosity(verbosity)
