@@ -221,6 +221,7 @@ def _throughput(argv: Sequence[str]) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--max-batch-tokens", type=int, default=None)
     p.add_argument("--chunk-tokens", type=int, default=None, help="chunk size (default: the model's)")
+    p.add_argument("--one-document", action="store_true", help="the input as one document, not ~220-token documents")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-baseline", action="store_true", help="skip the side-by-side run of the prefill before #26")
     p.add_argument("--json", action="store_true")
@@ -231,7 +232,7 @@ def _throughput(argv: Sequence[str]) -> int:
     settings = {"max_batch_tokens": args.max_batch_tokens, "chunk_tokens": args.chunk_tokens}
     oprm = OPRM.from_pretrained(args.model, **{k: v for k, v in settings.items() if v})
     gemm = metrics.gemm_peak()
-    tp = throughput(oprm, args.tokens, reps=args.reps, baseline=not args.no_baseline)
+    tp = throughput(oprm, args.tokens, reps=args.reps, baseline=not args.no_baseline, one_document=args.one_document)
     fpt = metrics.flops_per_token(oprm.model)
     tp["gemm_flops"] = gemm["flops"]
     tp["flops_per_token"] = fpt

@@ -30,14 +30,19 @@ logger = logging.getLogger("overflow_core.bench")
 WARM_QUESTION = "What is the locker number of Alice Baker?"
 
 
-def _haystack(oprm: Any, tokens: int, seed: int) -> tuple[list[tuple[str, dict[str, str]]], str, int]:
-    """A single-needle haystack of about ``tokens`` tokens: (documents, question, measured tokens)."""
+def _haystack(
+    oprm: Any, tokens: int, seed: int, *, one_document: bool = False
+) -> tuple[list[tuple[str, dict[str, str]]], str, int]:
+    """A single-needle haystack of about ``tokens`` tokens: (documents, question, measured tokens). Its ~220-token
+    documents, or with ``one_document`` the same text as one document (chunks then fill ``chunk_tokens``)."""
     from overflow_core.synthetic.facts import FactWorld
     from overflow_core.synthetic.haystack import make_haystack
 
     world = FactWorld("train", not_found=oprm.config.not_found)
     hay = make_haystack(world, random.Random(f"{seed}-scaling-{tokens}"), oprm.tokenizer, tokens, present=True)
     docs = list(hay.documents)
+    if one_document:
+        docs = [("\n\n".join(text for text, _ in docs), {"source": "haystack.txt"})]
     measured = sum(len(oprm.tokenizer(t, add_special_tokens=False)["input_ids"]) for t, _ in docs)
     return docs, hay.question.text, measured
 
@@ -188,7 +193,9 @@ def _extend(into: dict[str, Any], run: dict[str, Any]) -> None:
     into.update({k: run[k] for k in ("o_tok", "v_tok", "padded")})
 
 
-def throughput(oprm: Any, tokens: int, *, reps: int = 3, seed: int = 0, baseline: bool = True) -> dict[str, Any]:
+def throughput(
+    oprm: Any, tokens: int, *, reps: int = 3, seed: int = 0, baseline: bool = True, one_document: bool = False
+) -> dict[str, Any]:
     """Prefill tokens/s of batched OPRM (:meth:`OPRM.rank`) and of vanilla (one sequence) on the same input.
 
     Each is run ``reps`` times after a warm-up; medians are reported. Vanilla decodes one token (its prefill is what is
@@ -198,7 +205,7 @@ def throughput(oprm: Any, tokens: int, *, reps: int = 3, seed: int = 0, baseline
     mode, since trimming after every batch leaves the next run to fault its memory back in): ``baseline_*`` figures and
     ``speedup_*`` ratios.
     """
-    docs, question, measured = _haystack(oprm, tokens, seed)
+    docs, question, measured = _haystack(oprm, tokens, seed, one_document=one_document)
     oprm.rank(WARM_QUESTION, docs[:2])
     oprm.answer(WARM_QUESTION, docs[:2], mode="vanilla", max_new_tokens=1)
     now: dict[str, Any] = {"o_pre": [], "o_sel": [], "v_pre": []}
