@@ -133,12 +133,13 @@ class OPRM:
             overlap_tokens=self.config.overlap_tokens,
         )
 
-    def encode_question(self, question: str) -> tuple[int, ...]:
-        """The question's ids, after checking it is usable."""
+    def encode_question(self, question: str, *, per_chunk: bool = True) -> tuple[int, ...]:
+        """The question's ids, after checking it is usable: a non-empty string and, when it goes with every chunk
+        (``per_chunk``, every mode but vanilla), at most ``chunk_tokens`` tokens."""
         if not isinstance(question, str) or not question.strip():
             raise InputError(f"question: expected a non-empty string, got {question!r:.80}")
         ids = encode_text(self.tokenizer, check_text("question", question).strip())
-        if len(ids) > self.config.chunk_tokens:
+        if per_chunk and len(ids) > self.config.chunk_tokens:
             raise InputError(
                 f"question: expected at most chunk_tokens={self.config.chunk_tokens} tokens, got {len(ids)}; "
                 "shorten the question or raise chunk_tokens"
@@ -360,7 +361,7 @@ class OPRM:
         cfg = self.decoding_config(decoding)
         docs = as_documents(documents)
         chunks = self.chunk(docs)
-        q_ids = self.encode_question(question)
+        q_ids = self.encode_question(question, per_chunk=mode != "vanilla")  # vanilla reads it once, after everything
 
         def vanilla() -> tuple[Session, torch.Tensor, int]:
             context = "\n\n".join(doc.text.strip() for doc in docs)

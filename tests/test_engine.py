@@ -185,9 +185,16 @@ def test_bad_input_is_named(engine: Any, question: str, documents: Any, match: s
 
 
 def test_question_longer_than_a_chunk_is_rejected(engine: Any) -> None:
+    """It would go with every chunk in OPRM mode; vanilla mode reads it once after the whole context and takes it."""
     oprm = engine("mamba2")
+    long = "what is it " * 100
+    assert len(oprm.encode_question(long, per_chunk=False)) > oprm.config.chunk_tokens
     with pytest.raises(InputError, match="chunk_tokens"):
-        oprm.rank("what is it " * 100, ["Some text."])
+        oprm.rank(long, ["Some text."])
+    with pytest.raises(InputError, match="chunk_tokens"):
+        oprm.answer(long, ["Some text."], max_new_tokens=2)
+    answer = oprm.answer(long, ["Some text."], mode="vanilla", max_new_tokens=2)
+    assert answer.usage.prompt_tokens > oprm.config.chunk_tokens
 
 
 def test_bad_settings_are_named(engine: Any, model_dir: Any) -> None:
