@@ -411,11 +411,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _no_weight_bars() -> None:
+    """transformers draws a "Loading weights" bar on stderr for every model it loads; the command line's output is its
+    answer and its own progress (``--progress``), so the bar is off in this process (the library API leaves it on)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["bench"], ["longbench"]):  # their options (--quick...) are the module's: "--" stops oprm parsing them
         argv = [argv[0], "--", *argv[1:]]
     args = _parser().parse_args(argv)
+    _no_weight_bars()
     try:
         if args.func is None:  # bench: hand the rest of the command line to the module
             import importlib

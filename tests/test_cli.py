@@ -31,6 +31,22 @@ def test_ask_prints_answer_source_and_scores(model_dir: Any, files: list[str], c
     assert "rank" in out and "entropy" in out and "prefill" in out
 
 
+def test_ask_draws_no_weight_loading_bar(model_dir: Any, files: list[str], capsys: Any) -> None:
+    """transformers' "Loading weights" bar is noise on a command line's stderr; the library API keeps it (control)."""
+    from transformers.utils import logging as hf_logging
+
+    from overflow_core import OPRM
+
+    hf_logging.enable_progress_bar()
+    try:
+        OPRM.from_pretrained(model_dir("mamba2"))
+        assert "Loading weights" in capsys.readouterr().err, "the control: the bar is drawn outside the command line"
+        assert main(["ask", "-q", "What is the PIN of Alice Baker?", *files, "--model", str(model_dir("mamba2"))]) == 0
+        assert "Loading weights" not in capsys.readouterr().err
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def test_ask_json_is_machine_readable(model_dir: Any, files: list[str], capsys: Any) -> None:
     code = main(["ask", "-q", "What is the PIN?", *files, "--model", str(model_dir("mamba2")), "--json", "--mode", "oprm"])
     data = json.loads(capsys.readouterr().out)
