@@ -25,6 +25,7 @@ equivalence tests tie every backend to the slow reference path, which runs trans
 from __future__ import annotations
 
 import contextvars
+import functools
 import importlib.util
 import sys
 import threading
@@ -230,7 +231,9 @@ def state_step(  # transformers' argument names (A, B, C, D)
     return out.to(hidden_states.dtype)
 
 
+@functools.cache
 def _kernels_available(name: str) -> bool:
+    """Whether a kernel package is installed (looked up once: the dispatchers ask on every call, per layer and step)."""
     return importlib.util.find_spec(name) is not None
 
 
