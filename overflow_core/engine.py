@@ -261,10 +261,7 @@ class OPRM:
         k = check_k(k)
         chunks = self.chunk(documents)
         scored = self._score(question, chunks, keep=min(k or 1, len(chunks)), progress=progress)
-        ranking = scored.ranking
-        if k is not None:
-            ranking = Ranking(ranking.question, ranking.scores[:k], ranking.timings, ranking.usage)
-        return ranking
+        return scored.ranking.cut(k)
 
     def answer(
         self,

@@ -246,6 +246,10 @@ class Ranking:
     def top(self, k: int) -> tuple[ChunkScore, ...]:
         return self.scores[:k]
 
+    def cut(self, k: int | None) -> Ranking:
+        """The ranking of the best ``k`` chunks (itself when ``k`` is None), timings and usage kept."""
+        return self if k is None else Ranking(self.question, self.scores[:k], self.timings, self.usage)
+
     def __len__(self) -> int:
         return len(self.scores)
 

@@ -20,6 +20,7 @@ import torch
 
 from overflow_core import scoring
 from overflow_core.answering import is_not_found
+from overflow_core.config import check_k
 from overflow_core.distributed.cluster import EngineSpec, balance, connect, local_folder, unwrap
 from overflow_core.errors import ConfigError, InputError, OverflowCoreError, StateIndexError
 from overflow_core.index import storage
@@ -236,12 +237,7 @@ class DistributedIndex:
 
     def rank(self, question: str, k: int | None = None) -> Ranking:
         """Every chunk's score for ``question``, best first (cut to ``k``): equal to :meth:`StateIndex.rank`."""
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ConfigError(f"k: expected a positive number of chunks, got {k!r}")
-        ranking = self._scatter([question], 1)[0]
-        if k is not None:
-            ranking = Ranking(ranking.question, ranking.scores[:k], ranking.timings, ranking.usage)
-        return ranking
+        return self._scatter([question], 1)[0].cut(check_k(k))
 
     # -- answering ------------------------------------------------------------------------------------------------------
     def answer(

@@ -234,10 +234,7 @@ class StateIndex:
         k = check_k(k)
         q_ids = self.engine.encode_question(question)
         scored = self._score(question, q_ids, keep=min(k or 1, max(len(self._slots), 1)))
-        ranking = scored.ranking
-        if k is not None:
-            ranking = Ranking(ranking.question, ranking.scores[:k], ranking.timings, ranking.usage)
-        return ranking
+        return scored.ranking.cut(k)
 
     def answer(
         self,
