@@ -230,9 +230,13 @@ def _cmd_index(args: argparse.Namespace) -> int:
     engine = _engine(args)
     if append:
         index = StateIndex.load(out, engine)
+        before = len(index)
         index.add(docs)
-    else:
-        index = engine.index(docs, progress=sys.stderr.isatty())
+        index.save(out)
+        added = len(index) - before
+        sys.stdout.write(f"indexed {added} chunks from {len(docs)} files into {args.out} ({len(index)} chunks in all)\n")
+        return 0
+    index = engine.index(docs, progress=sys.stderr.isatty())
     index.save(out)
     sys.stdout.write(f"indexed {len(index)} chunks from {len(docs)} files into {args.out}\n")
     return 0
@@ -300,7 +304,7 @@ def _ray_options(p: argparse.ArgumentParser, workers: str) -> None:
     p.add_argument(
         "--ray", nargs="?", const="", default=None, metavar="ADDRESS",
         help="run on Ray: the cluster at ADDRESS (auto, ray://host:10001), or a local one without it "
-        "(needs pip install 'overflow-core[ray]')",
+        "(needs the ray extra: pip install -e '.[ray]')",
     )  # fmt: skip
     p.add_argument("--workers", type=int, default=2, help=f"with --ray: {workers} (default 2)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="with --ray: GPUs each worker reserves (default 0)")

@@ -65,6 +65,11 @@ class IndexConflictError(StateIndexError, RuntimeError):
     """An index folder was changed by another writer since this index was loaded or saved there."""
 
 
+def install_extra(extra: str) -> str:
+    """How to install an optional extra, for error messages: Overflow installs from a clone (it is not on PyPI)."""
+    return f"pip install -e '.[{extra}]' in the Overflow clone (keep torch==2.13.0 on a CPU machine)"
+
+
 _DEPRECATED = {"OverflowError_": "OverflowCoreError", "IndexError_": "StateIndexError"}  # old name -> new, until 0.3
 
 

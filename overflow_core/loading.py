@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from overflow_core.config import SETTINGS_FILE, OPRMConfig, load_settings
-from overflow_core.errors import ConfigError, ModelLoadError, UnsupportedModelError
+from overflow_core.errors import ConfigError, ModelLoadError, UnsupportedModelError, install_extra
 from overflow_core.presets import Preset, apply_framing, preset_settings
 
 __all__ = [
@@ -610,7 +610,7 @@ def note_kernels(model: Any, device: torch.device) -> None:
         if problems:
             message = (
                 "CUDA kernels unavailable: %s; transformers' PyTorch path runs instead (correct, much slower); "
-                "pip install 'overflow-core[cuda]'"
+                f"{install_extra('cuda')}"
             )
             args = (", ".join(problems),)
             level = logging.WARNING

@@ -292,6 +292,14 @@ def test_cli_bad_jsonl_is_one_line_and_exit_2(model_dir: Any, tmp_path: Path, ca
     assert code == 2 and "missing question, answers" in err and "Traceback" not in err
 
 
+def test_a_jsonl_run_writes_files_of_its_own_name() -> None:
+    from overflow_core.bench.cli import _run_parser, output_name
+
+    name = lambda *argv: output_name(_run_parser().parse_args(list(argv)))  # noqa: E731
+    assert (name(), name("--quick"), name("--jsonl", "data/my.jsonl")) == ("bench", "bench_quick", "bench_my")
+    assert name("--jsonl", "my.jsonl", "--name", "x") == "x"
+
+
 def test_cli_spec_profiles() -> None:
     from overflow_core.bench.cli import _run_parser, spec_from_args
 
@@ -370,7 +378,9 @@ def test_baseline_prefill_is_the_prefill_before_issue_26_and_is_undone(engine: A
     assert default.config.max_batch_tokens is None and default.config.batch_tokens == 4096
 
 
-def test_gpu_bench_dry_runs_on_the_cpu_with_the_kernels_blocked(model_dir: Any, tmp_path: Path) -> None:
+def test_gpu_bench_dry_runs_on_the_cpu_with_the_kernels_blocked(
+    model_dir: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``oprm bench gpu`` end to end where there is no GPU: a child process per configuration, the kernels blocked in
     the 'off' one (so a machine that has them measures the torch path there), figures written as JSON."""
     from overflow_core.bench.gpu import main as gpu_main
@@ -378,6 +388,7 @@ def test_gpu_bench_dry_runs_on_the_cpu_with_the_kernels_blocked(model_dir: Any, 
     out = tmp_path / "gpu.json"
     assert gpu_main(["--model", str(model_dir("mamba2")), "--tokens", "300", "--kernels", "off", "--reps", "1",
                      "--out", str(out)]) == 0  # fmt: skip
+    assert "no CUDA device: a dry run on the CPU" in capsys.readouterr().err, "said before the minutes of a dry run"
     (result,) = json.loads(out.read_text())
     assert result["kernels"] == "off" and not any(result["kernels_importable"].values())
     assert result["device"].startswith("cpu (dry run") and result["dtype"] == "float32"

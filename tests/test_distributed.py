@@ -30,7 +30,7 @@ try:
     HAVE_RAY = True
 except ImportError:
     HAVE_RAY = False
-needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="ray[data] is not installed: pip install 'overflow-core[ray]' runs it")
+needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="ray[data] is not installed: pip install -e '.[ray]' runs it")
 
 ATOL = 1e-5
 DOCS = sample_documents(4, seed=1)
@@ -46,7 +46,7 @@ def test_missing_ray_is_one_line_naming_the_extra(
     (tmp_path / "a.txt").write_text("Alice Baker's locker number is 4412.")
     assert main(["index", str(tmp_path / "a.txt"), "--out", str(tmp_path / "idx"), "--ray"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "pip install 'overflow-core[ray]'" in err, err
+    assert len(err.splitlines()) == 1 and "pip install -e '.[ray]'" in err, err
     assert not (tmp_path / "idx").exists(), "nothing is written before ray is found"
 
 
@@ -188,7 +188,7 @@ def test_serve_answers_concurrent_http_questions_in_batches(setup: dict[str, Any
     import concurrent.futures
     import urllib.request
 
-    pytest.importorskip("ray.serve", reason="ray[serve] is not installed: pip install 'overflow-core[ray]'")
+    pytest.importorskip("ray.serve", reason="ray[serve] is not installed: pip install -e '.[ray]'")
     import socket
 
     from ray import serve
@@ -216,3 +216,48 @@ def test_serve_answers_concurrent_http_questions_in_batches(setup: dict[str, Any
         assert ask("   ")["error"].startswith("question: expected a non-empty string")
     finally:
         serve.shutdown()
+
+
+def test_more_actors_than_the_cluster_holds_is_refused_or_warned_in_one_line() -> None:
+    """Ray leaves actors that do not fit pending forever: a local cluster (it never grows) is refused with the number
+    that fits, a joined one (an autoscaler may add nodes) warns."""
+    import warnings
+    from types import SimpleNamespace
+
+    from overflow_core.distributed.cluster import CapacityWarning, check_capacity
+    from overflow_core.errors import ConfigError
+
+    two_cpus = SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0, "memory": 1e9})
+    check_capacity(two_cpus, 2, 1.0, 0.0, what="shard_actors", grows=False)  # fits: nothing said
+    check_capacity(two_cpus, 4, 0.5, 0.0, what="shard_actors", grows=False)
+    with pytest.raises(ConfigError, match=r"shard_actors: 4 actors need .*4 CPU \(4 x 1\), the cluster has 2\); use at most 2"):
+        check_capacity(two_cpus, 4, 1.0, 0.0, what="shard_actors", grows=False)
+    with pytest.raises(ConfigError, match=r"1 GPU \(1 x 1\), the cluster has 0\); none fits") as err:
+        check_capacity(two_cpus, 1, 1.0, 1.0, what="a build worker", grows=False)
+    assert "\n" not in str(err.value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_capacity(two_cpus, 3, 1.0, 0.0, what="shard_actors", grows=True)
+    assert [w.category for w in caught] == [CapacityWarning] and "wait for the cluster" in str(caught[0].message)
+
+
+@needs_ray
+def test_cli_refuses_more_shard_actors_than_a_local_cluster_holds(
+    setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`oprm ask --ray --workers 4` on a 2-CPU local cluster hung with no message (4 actors of 1 CPU, 2 placed)."""
+    import threading
+
+    from overflow_core.distributed import cluster
+
+    monkeypatch.setattr(cluster, "_started_here", True)  # as when `oprm ask --ray` starts the local cluster itself
+    assert len(storage.read_manifest(setup["root"] / "dist")["shards"]) >= 4, "4 actors must be asked for"
+    argv = ["ask", "-q", QUESTIONS[0], "--index", str(setup["root"] / "dist"), "--ray", "--workers", "4",
+            "--model", str(setup["model"])]  # fmt: skip
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(main(argv)), daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the CLI waited on actors that can never be placed"
+    err = capsys.readouterr().err.strip()
+    assert result == [2] and len(err.splitlines()) == 1 and "use at most 2" in err and "--workers" in err, err

@@ -144,8 +144,11 @@ def test_cli_append_to_an_index_and_ask_in_summarize_mode(
     model = ["--model", str(model_dir("mamba2"))]
     out = str(tmp_path / "idx")
     assert main(["index", *map(str, files[:2]), "--out", out, *model]) == 0
+    first = int(capsys.readouterr().out.split()[1])
     assert main(["index", *map(str, files[2:]), "--out", out, "--append", *model]) == 0
-    capsys.readouterr()
+    said = capsys.readouterr().out.split()
+    added, total = int(said[1]), int(said[-4].strip("("))
+    assert 0 < added < total == first + added, "--append says what it added and what the index holds"
     ask = ["ask", "-q", QUESTION, "--index", out, "--json", "--max-new-tokens", "3", *model]
     assert main([*ask, "--mode", "summarize"]) == 0
     answer = json.loads(capsys.readouterr().out)

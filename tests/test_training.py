@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from overflow_core.synthetic.facts import FactWorld
 from overflow_core.testing import assert_same_ranking
@@ -777,3 +780,14 @@ def test_sigterm_stops_a_run_after_its_step_with_a_checkpoint(tmp_path: Any, mon
     assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 2
     assert "SIGTERM" in (run / "log.jsonl").read_text().splitlines()[-1]
     assert signal.getsignal(signal.SIGTERM) is before, "the handler is put back"
+
+
+def test_evaluate_refuses_a_missing_model_folder_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/model.md once named a folder a clone does not have: it became a hub download and a traceback."""
+    from training.evaluate import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model", str(tmp_path / "v10-export"), "--quick"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].endswith("v10-export' is not one"), err

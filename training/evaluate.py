@@ -537,11 +537,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from overflow_core.config import load_settings
     from overflow_core.engine import DEFAULT_MODEL_DIR, OPRM
+    from overflow_core.errors import OverflowCoreError
 
     overrides: dict[str, Any] = {"chunk_tokens": args.chunk_tokens} if args.chunk_tokens else {}
     if args.criterion:
         overrides["criterion"] = args.criterion
-    oprm = OPRM.from_pretrained(args.model, **overrides)
+    if args.model and not Path(args.model).is_dir():
+        parser.error(f"--model: expected a model folder (an export of training.train), {args.model!r} is not one")
+    try:
+        oprm = OPRM.from_pretrained(args.model, **overrides)
+    except OverflowCoreError as exc:
+        parser.error(f"--model: {exc}")
     folder_settings = load_settings(Path(args.model) if args.model else DEFAULT_MODEL_DIR)
     train_tokens = int(folder_settings.get("chunk_tokens", oprm.config.chunk_tokens))
     if args.lengths:

@@ -10,7 +10,7 @@ Run it as ``oprm bench`` (see :mod:`overflow_core.bench.cli` and ``docs/benchmar
 - :mod:`~overflow_core.bench.runner`: one run of everything, as a dict;
 - :mod:`~overflow_core.bench.report`: JSON, Markdown, PNG and terminal output.
 
-The RAG baselines, matplotlib and rich are the optional ``overflow-core[bench]`` extra, imported only when used.
+The RAG baselines, matplotlib and rich are the optional ``bench`` extra (``pip install -e '.[bench]'``), imported only when used.
 """
 
 __all__: list[str] = []

@@ -21,6 +21,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from overflow_core.bench.methods import METHODS, require
@@ -84,7 +85,10 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--question-tokens", type=int, default=None, help="corpus length of the questions section")
     p.add_argument("--questions", type=int, default=None, help="questions of the questions section")
     p.add_argument("--out", default="docs/results", help="folder for the JSON, Markdown and PNG files")
-    p.add_argument("--name", default=None, help="file name stem (default: bench, or bench_quick with --quick)")
+    p.add_argument(
+        "--name", default=None,
+        help="file name stem (default: bench; bench_quick with --quick; bench_STEM with --jsonl STEM.jsonl)",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs (no matplotlib needed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -116,10 +120,20 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
     return BenchSpec(**values)
 
 
+def output_name(args: argparse.Namespace) -> str:
+    """The results' file stem: ``--name``, else ``bench`` / ``bench_quick``, else ``bench_STEM`` for ``--jsonl
+    STEM.jsonl``, so a run on your own data never overwrites the generated tasks' committed ``bench.*``."""
+    if args.name:
+        return str(args.name)
+    if args.jsonl:
+        return f"bench_{Path(args.jsonl).stem}"
+    return "bench_quick" if args.quick else "bench"
+
+
 def _run(argv: Sequence[str]) -> int:
     args = _run_parser().parse_args(list(argv))
     spec = spec_from_args(args)
-    name = args.name or ("bench_quick" if args.quick else "bench")
+    name = output_name(args)
     rich_console = require("rich.console", "oprm bench's terminal output")
     progress_mod = require("rich.progress", "oprm bench's progress bar")
     from overflow_core.bench import report

@@ -133,6 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(args_list)
     tokens = [int(t) for t in args.tokens.split(",") if t]
+    import torch  # the parent only asks; each configuration's child process measures
+
+    if not torch.cuda.is_available():
+        sys.stderr.write(
+            f"oprm bench gpu: no CUDA device: a dry run on the CPU in float32, not GPU figures; {max(tokens):,} tokens "
+            "take minutes there (--tokens 512 checks the script in seconds)\n"
+        )
     results = []
     for kernels in [k.strip() for k in args.kernels.split(",") if k.strip()]:
         if kernels not in ("on", "off"):

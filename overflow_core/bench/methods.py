@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from overflow_core.bench.tasks import Item
+from overflow_core.errors import install_extra
 from overflow_core.types import Answer, Chunk
 
 __all__ = [
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 METHODS = ("vanilla", "oprm", "oprm+index", "embedding-rag", "bm25-rag")
-EXTRA = "overflow-core[bench]"
+EXTRA = "bench"
 Encoder = Callable[[Sequence[str]], Any]  # texts -> [n, d] array of L2-normalised embeddings
 
 
@@ -53,7 +54,7 @@ def require(module: str, what: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(
-            f"{what} needs the optional package {module!r}: pip install 'torch==2.13.0' '{EXTRA}'"
+            f"{what} needs the optional package {module!r}: {install_extra(EXTRA)}"
         ) from exc
 
 

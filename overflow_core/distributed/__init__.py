@@ -7,7 +7,7 @@
   the best chunk is chosen with the engine's ranking function and decoded where its state is.
 - :func:`overflow_core.distributed.serve.app`: a Ray Serve deployment that batches concurrent questions.
 
-Needs the ``ray`` extra (``pip install 'overflow-core[ray]'``); ``ray`` is imported only when one of these runs, and a
+Needs the ``ray`` extra (``pip install -e '.[ray]'`` in the clone); ``ray`` is imported only when one of these runs, and a
 missing one raises :class:`RayMissingError` naming the extra. See docs/scale-out.md.
 """
 

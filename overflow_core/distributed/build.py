@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from overflow_core.distributed.cluster import EngineSpec, connect, local_folder, unwrap
+from overflow_core.distributed.cluster import EngineSpec, check_capacity, connect, local_folder, unwrap
 from overflow_core.errors import ConfigError, InputError, StateIndexError
 from overflow_core.index import storage
 from overflow_core.index.storage import DEFAULT_SHARD_BYTES, FORMAT, FORMAT_VERSION, ShardInfo, jsonable_metadata
@@ -208,6 +208,8 @@ def build_index(
     spec = EngineSpec.of(model, settings)
     storage.check_target(folder)  # refused before any worker starts
     ray = connect(address)
+    # a pool larger than the cluster still builds (measured: --workers 4 on a 2-CPU local cluster), one of none hangs
+    check_capacity(ray, 1, num_cpus, num_gpus, what="a build worker (num_cpus, num_gpus; oprm index --gpus-per-worker)")
     t0 = time.perf_counter()
     plan = _get(ray, ray.remote(_plan).options(num_cpus=num_cpus, num_gpus=num_gpus).remote(spec, documents))
     chunks: list[Chunk] = plan["chunks"]

@@ -9,22 +9,31 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from overflow_core.errors import InputError, OverflowCoreError
+from overflow_core.errors import ConfigError, InputError, OverflowCoreError, install_extra
 
 if TYPE_CHECKING:
     from overflow_core.engine import OPRM
 
-__all__ = ["RAY_EXTRA", "EngineSpec", "RayMissingError", "connect", "local_folder", "require_ray", "unwrap"]
+__all__ = [
+    "RAY_EXTRA", "CapacityWarning", "EngineSpec", "RayMissingError", "check_capacity", "connect", "local_folder",
+    "require_ray", "unwrap",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
-RAY_EXTRA = "pip install 'overflow-core[ray]'"
+RAY_EXTRA = install_extra("ray")
+_started_here = False  # connect() started the local cluster this process uses: it has what it has, and never grows
+
+
+class CapacityWarning(UserWarning):
+    """The actors asked for need more CPUs or GPUs than the joined cluster has now: they wait for its autoscaler."""
 
 
 class RayMissingError(OverflowCoreError, ImportError):
@@ -57,11 +66,43 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Modul
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # workers' own output (model-loading bars) stays in the Ray logs; their errors come back as exceptions
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+    global _started_here
     if address:
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, **kwargs)
+        _started_here = True
     return ray
+
+
+def check_capacity(
+    ray: Any, actors: int, num_cpus: float, num_gpus: float, *, what: str, grows: bool | None = None
+) -> None:
+    """Refuse, in one line, ``actors`` actors of ``num_cpus`` CPUs and ``num_gpus`` GPUs each that the cluster cannot
+    hold all at once: Ray would start the ones that fit and leave the rest pending, and the caller would wait forever
+    with no message. ``what`` names the setting to lower in the message (``"shard_actors (--workers)"``).
+
+    ``grows``: whether the cluster may still gain nodes. None: not when :func:`connect` started it in this process (a
+    local cluster has what it has); a joined cluster (``address``, or a ``ray.init`` of your own) may have an
+    autoscaler, so there a shortfall is a :class:`CapacityWarning` and the actors wait for nodes.
+    """
+    have = ray.cluster_resources()
+    short = []
+    for name, each in (("CPU", num_cpus), ("GPU", num_gpus)):
+        total = float(have.get(name, 0.0))
+        if each > 0 and actors * each > total + 1e-9:
+            need = f"{actors * each:g} {name} ({actors} x {each:g}), the cluster has {total:g}"
+            short.append((need, int(total // each)))
+    if not short:
+        return
+    fit = min(n for _, n in short)
+    advice = f"use at most {fit}" if fit else "none fits: lower num_cpus / num_gpus (--gpus-per-worker)"
+    message = f"{what}: {actors} actors need more than the Ray cluster has ({'; '.join(t for t, _ in short)}); {advice}"
+    if grows is None:
+        grows = not _started_here
+    if not grows:
+        raise ConfigError(f"{message}, or join a larger cluster (--ray ADDRESS)")
+    warnings.warn(f"{message}; they wait for the cluster to add nodes", CapacityWarning, stacklevel=3)
 
 
 def unwrap(exc: BaseException) -> BaseException:

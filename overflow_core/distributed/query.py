@@ -21,7 +21,7 @@ import torch
 from overflow_core import scoring
 from overflow_core.answering import is_not_found
 from overflow_core.config import check_k
-from overflow_core.distributed.cluster import EngineSpec, balance, connect, local_folder, unwrap
+from overflow_core.distributed.cluster import EngineSpec, balance, check_capacity, connect, local_folder, unwrap
 from overflow_core.errors import ConfigError, InputError, OverflowCoreError, StateIndexError
 from overflow_core.index import storage
 from overflow_core.index.fingerprint import canonical, sha256
@@ -155,6 +155,7 @@ class DistributedIndex:
             owned[g].append(n)
             self._owner[n] = g
         self._ray = connect(address)
+        check_capacity(self._ray, len(groups), num_cpus, num_gpus, what="shard_actors (oprm ask --workers)")
         spec = EngineSpec.of(model, settings)
         remote = self._ray.remote(ShardActor).options(num_cpus=num_cpus, num_gpus=num_gpus)
         self.actors = [

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from overflow_core.errors import ConfigError, OverflowCoreError
+from overflow_core.errors import ConfigError, OverflowCoreError, install_extra
 from overflow_core.longbench.data import PRESETS, find_sources
 from overflow_core.longbench.report import output_paths, write
 from overflow_core.longbench.runner import Runner, RunSettings, load_records
@@ -108,7 +108,7 @@ def _check_plot(args: argparse.Namespace) -> None:
         import matplotlib  # noqa: F401
     except ImportError as exc:
         raise ConfigError(
-            "the bar plot needs matplotlib: pip install 'overflow-core[longbench]', or pass --no-plot"
+            f"the bar plot needs matplotlib: {install_extra('longbench')}, or pass --no-plot"
         ) from exc
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from overflow_core.errors import install_extra
 from overflow_core.longbench.datasets import CATEGORIES, DATASETS, E_BUCKETS, length_bucket
 
 __all__ = ["markdown", "plot", "summarize", "write"]
@@ -226,7 +227,7 @@ def plot(summary: dict[str, Any], path: str | Path) -> Path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise ImportError("the LongBench plot needs matplotlib: pip install 'overflow-core[longbench]'") from exc
+        raise ImportError(f"the LongBench plot needs matplotlib: {install_extra('longbench')}") from exc
     runs = summary["runs"]
     panels = [k for k in ("v1", "e", "v2") if k in summary]
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.6 * len(panels)), squeeze=False)

@@ -13,7 +13,7 @@ Example:
 from langchain_overflow._documents import EmptyDocumentWarning
 from langchain_overflow._engines import EngineIdentity
 from langchain_overflow._handoff import HandoffError, HandoffWarning
-from langchain_overflow.chains import create_overflow_chain
+from langchain_overflow.chains import OverflowChainInput, create_overflow_chain
 from langchain_overflow.chat_models import ChatOverflow
 from langchain_overflow.llms import OverflowLLM
 from langchain_overflow.prompts import format_docs_for, overflow_message, overflow_prompt, overflow_rag_prompt
@@ -29,6 +29,7 @@ __all__ = [
     "EngineIdentity",
     "HandoffError",
     "HandoffWarning",
+    "OverflowChainInput",
     "OverflowLLM",
     "OverflowReranker",
     "OverflowRetriever",

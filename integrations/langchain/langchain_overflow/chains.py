@@ -6,13 +6,23 @@ from collections.abc import Mapping
 from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnablePassthrough
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12 (as_tool builds a schema)
 
 from langchain_overflow.chat_models import ChatOverflow
 from langchain_overflow.prompts import overflow_rag_prompt
 from langchain_overflow.retrievers import OverflowRetriever
 from overflow_core import OPRM
 
-__all__ = ["create_overflow_chain"]
+__all__ = ["OverflowChainInput", "create_overflow_chain"]
+
+
+class OverflowChainInput(TypedDict):
+    """The chain's declared input: its ``input_schema``, and the arguments of ``chain.as_tool(...)``.
+
+    One question; a plain string, or ``{"input": ...}``, is taken as well.
+    """
+
+    question: str
 
 
 def _question(value: Any) -> str:
@@ -52,7 +62,9 @@ def create_overflow_chain(
         return_context: return ``{"question", "context", "answer"}`` (``answer`` an ``AIMessage``) instead of the
             ``AIMessage`` alone.
 
-    Input: the question, as a string or ``{"question": ...}`` / ``{"input": ...}``.
+    Input: the question, as a string or ``{"question": ...}`` / ``{"input": ...}``. The declared input type is
+    :class:`OverflowChainInput` (``{"question": str}``), so ``chain.as_tool(name=..., description=...)`` makes a tool
+    whose one argument is ``question``.
 
     Example:
         >>> chain = create_overflow_chain(retriever, ChatOverflow(engine=retriever.engine, max_tokens=16))
@@ -77,6 +89,5 @@ def create_overflow_chain(
         question=RunnablePassthrough(), context=retriever
     )
     answer = overflow_rag_prompt(engine) | model
-    if return_context:
-        return (retrieve | RunnablePassthrough.assign(answer=answer)).with_config(run_name="overflow_chain")
-    return (retrieve | answer).with_config(run_name="overflow_chain")
+    chain = (retrieve | RunnablePassthrough.assign(answer=answer)) if return_context else (retrieve | answer)
+    return chain.with_types(input_type=OverflowChainInput).with_config(run_name="overflow_chain")

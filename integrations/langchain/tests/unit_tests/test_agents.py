@@ -68,3 +68,24 @@ def test_create_agent_recovers_from_bad_tool_calls(retriever: OverflowRetriever)
     assert "query: expected a question" in tool_messages[0].content
     assert "at most 48 tokens" in tool_messages[1].content
     assert result["messages"][-1].content == "done"
+
+
+def test_the_chain_as_a_tool_takes_a_question_and_gives_the_chains_answer(retriever: OverflowRetriever) -> None:
+    """docs/langchain.md's recipe: ``(create_overflow_chain(...) | StrOutputParser()).as_tool(...)``. Without the
+    chain's declared input type LangChain refuses to make the tool (TypeError: its input was ``Any``)."""
+    from langchain.agents import create_agent
+    from langchain_core.output_parsers import StrOutputParser
+
+    from langchain_overflow import ChatOverflow, create_overflow_chain
+
+    chain = create_overflow_chain(retriever, ChatOverflow(engine=retriever.engine, max_tokens=4)) | StrOutputParser()
+    tool = chain.as_tool(name="ask_records", description="Answer one question about the records.")
+    assert set(tool.args) == {"question"}
+    expected = chain.invoke(QUESTION)
+    assert expected and tool.invoke({"question": QUESTION}) == expected
+    assert chain.invoke({"question": QUESTION}) == chain.invoke({"input": QUESTION}) == expected
+
+    call = AIMessage("", tool_calls=[{"name": "ask_records", "args": {"question": QUESTION}, "id": "c1"}])
+    agent = create_agent(model=ScriptedToolCaller(messages=iter([call, AIMessage("done")])), tools=[tool])
+    tool_messages = [m for m in agent.invoke({"messages": [("user", QUESTION)]})["messages"] if isinstance(m, ToolMessage)]
+    assert [(m.status, m.content) for m in tool_messages] == [("success", expected)]
