@@ -225,7 +225,7 @@ def test_rag_baselines_retrieve_the_right_chunk(engine: Any, tok: Any) -> None:
 
 
 def test_missing_extra_names_the_pip_extra() -> None:
-    with pytest.raises(ImportError, match=r"overflow-core\[bench\]"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[bench\]'"):
         require("surely_not_an_installed_module_xyz", "a test")
     with pytest.raises(ConfigError, match="methods"):
         make_methods(None, ["oprm", "magic"])
