@@ -12,16 +12,26 @@ missing one raises :class:`RayMissingError` naming the extra. See docs/scale-out
 """
 
 from overflow_core.distributed.build import BuildReport, build_index
-from overflow_core.distributed.cluster import RAY_EXTRA, EngineSpec, RayMissingError, connect, require_ray
+from overflow_core.distributed.cluster import (
+    RAY_EXTRA,
+    CapacityWarning,
+    EngineSpec,
+    RayMissingError,
+    check_capacity,
+    connect,
+    require_ray,
+)
 from overflow_core.distributed.query import DistributedIndex
 
 __all__ = [
     "RAY_EXTRA",
     "BuildReport",
+    "CapacityWarning",
     "DistributedIndex",
     "EngineSpec",
     "RayMissingError",
     "build_index",
+    "check_capacity",
     "connect",
     "require_ray",
 ]
