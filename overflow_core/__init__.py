@@ -11,6 +11,7 @@ from overflow_core.config import OPRMConfig
 from overflow_core.engine import OPRM
 from overflow_core.errors import (
     ConfigError,
+    DuplicateSourceError,
     IndexBusyError,
     IndexChangedError,
     IndexConflictError,
@@ -35,6 +36,7 @@ __all__ = [
     "ChunkScore",
     "ConfigError",
     "Document",
+    "DuplicateSourceError",
     "IndexBusyError",
     "IndexChangedError",
     "IndexConflictError",

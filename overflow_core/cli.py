@@ -213,7 +213,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from overflow_core.errors import InputError
+    from overflow_core.errors import DuplicateSourceError, InputError
     from overflow_core.index import StateIndex, storage
 
     out = Path(args.out)
@@ -224,6 +224,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
             f"--append: expected an existing state index at {args.out!r}, found an unfinished one (its first save "
             "was interrupted); run without --append"
         )
+    if args.replace and not args.append:
+        raise InputError("--replace: re-indexes files of an existing index; use it with --append")
     docs = read_documents(args.files)
     if args.ray is not None:
         return _ray_index(args, docs, append)
@@ -231,7 +233,13 @@ def _cmd_index(args: argparse.Namespace) -> int:
     if append:
         index = StateIndex.load(out, engine)
         before = len(index)
-        index.add(docs)
+        try:
+            index.add(docs, replace_sources=args.replace)
+        except DuplicateSourceError as exc:
+            more = f" (and {len(exc.sources) - 1} more)" if len(exc.sources) > 1 else ""
+            raise InputError(
+                f"{exc.sources[0]}{more}: already in the index at {args.out}; add --replace to re-index it"
+            ) from None
         index.save(out)
         added = len(index) - before
         sys.stdout.write(f"indexed {added} chunks from {len(docs)} files into {args.out} ({len(index)} chunks in all)\n")
@@ -387,6 +395,10 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("files", nargs="+", metavar="FILE")
     index.add_argument("--out", required=True, metavar="PATH")
     index.add_argument("--append", action="store_true", help="add the files to an existing index at --out")
+    index.add_argument(
+        "--replace", action="store_true",
+        help="with --append: re-index files the index already holds (without it they are refused)",
+    )
     model_options(index)
     _ray_options(index, "workers that prefill the chunks, each with its own engine")
     index.set_defaults(func=_cmd_index)

@@ -110,7 +110,7 @@ def _check_stop(value: Any) -> tuple[str, ...]:
     for i, s in enumerate(stops):
         if not isinstance(s, str) or not s:
             raise ConfigError(f"stop[{i}]: expected a non-empty string, got {_got(s)}")
-        _check_str(f"stop[{i}]", s, empty=False)
+        _check_str(f"stop[{i}]", s, empty=True)  # whitespace is a stop string like any other ("\n" is the usual one)
     return stops
 
 

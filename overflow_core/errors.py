@@ -7,6 +7,7 @@ from typing import Any
 
 __all__ = [
     "ConfigError",
+    "DuplicateSourceError",
     "IndexBusyError",
     "IndexChangedError",
     "IndexConflictError",
@@ -30,6 +31,14 @@ class ConfigError(OverflowCoreError, ValueError):
 
 class InputError(OverflowCoreError, ValueError):
     """A question, document or file the user gave cannot be used."""
+
+
+class DuplicateSourceError(InputError):
+    """Documents whose source an index already holds were added to it: ``sources`` names them."""
+
+    def __init__(self, message: str, sources: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.sources = sources
 
 
 class ModelLoadError(OverflowCoreError, OSError):

@@ -199,6 +199,35 @@ def test_add_and_remove_equal_a_fresh_build(tuned: Any, tmp_path: Path) -> None:
     assert_same_ranking(index.rank(QUESTION), again.rank(QUESTION))
 
 
+def test_adding_a_source_the_index_holds_is_refused_or_replaces_it(tuned: Any, tmp_path: Path) -> None:
+    """Adding doc1.txt twice put its chunks in the index twice (a top-k of copies); now it is refused, or with
+    ``replace_sources=True`` re-indexed: the result equals a fresh build, and a failure mid-way leaves the index whole."""
+    from overflow_core import DuplicateSourceError
+
+    e = tuned("mamba2")
+    index = StateIndex.build(e, DOCS)
+    before = [s.chunk for s in index._slots]
+    with pytest.raises(DuplicateSourceError, match=r"'doc1.txt' is already in the index.*replace_sources=True") as err:
+        index.add([DOCS[1]])
+    assert err.value.sources == ("doc1.txt",) and [s.chunk for s in index._slots] == before
+    edited = (DOCS[1][0] + " The badge number of Alice Baker is 7781.", DOCS[1][1])
+    expected = [DOCS[0], DOCS[2], edited]  # the re-indexed document goes last, as a fresh add would put it
+    original_compute = index._compute
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("out of memory")
+
+    index._compute = failing  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        index.add([edited], replace_sources=True)
+    assert [s.chunk for s in index._slots] == before, "a failed re-index must not have removed the old chunks"
+    index._compute = original_compute  # type: ignore[method-assign]
+    index.add([edited], replace_sources=True)
+    assert index.chunks == e.chunk(expected) and index.documents == 3
+    assert len(index) < len(before) + len(e.chunk([edited])), "the old chunks of doc1.txt are gone"
+    assert_same_ranking(e.rank(QUESTION, expected), index.rank(QUESTION))
+
+
 def test_saving_again_rewrites_only_what_changed(tuned: Any, tmp_path: Path) -> None:
     e = tuned("mamba2")
     folder = tmp_path / "idx"

@@ -149,6 +149,14 @@ def test_cli_append_to_an_index_and_ask_in_summarize_mode(
     said = capsys.readouterr().out.split()
     added, total = int(said[1]), int(said[-4].strip("("))
     assert 0 < added < total == first + added, "--append says what it added and what the index holds"
+    manifest = (Path(out) / "manifest.json").read_bytes()
+    assert main(["index", str(files[2]), "--out", out, "--append", *model]) == 2, "a file indexed twice is refused"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already in the index" in err and "--replace" in err, err
+    assert (Path(out) / "manifest.json").read_bytes() == manifest, "the refused append wrote nothing"
+    assert main(["index", str(files[2]), "--out", out, "--append", "--replace", *model]) == 0
+    said = capsys.readouterr().out.split()
+    assert int(said[-4].strip("(")) == total, "--replace re-indexes the file in place of its old chunks"
     ask = ["ask", "-q", QUESTION, "--index", out, "--json", "--max-new-tokens", "3", *model]
     assert main([*ask, "--mode", "summarize"]) == 0
     answer = json.loads(capsys.readouterr().out)

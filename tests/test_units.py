@@ -236,3 +236,28 @@ def test_the_default_prefill_budget_follows_the_device() -> None:
     assert cpu.with_overrides(device="cuda:1").batch_tokens == 16384
     assert OPRMConfig(device="cuda", max_batch_tokens=1000).batch_tokens == 1000
     assert OPRMConfig(max_batch_tokens=1000).with_overrides(device="cuda").batch_tokens == 1000
+
+
+def test_whitespace_stop_strings_are_taken_and_cut_after_the_leading_space() -> None:
+    """``stop=["\\n"]``, the most common stop string of LangChain and LlamaIndex users, was refused as 'empty'. It cuts
+    the answer at the first newline after the answer starts (the leading whitespace the engine strips never counts)."""
+    from overflow_core.config import check_setting
+    from overflow_core.decode import Generation
+    from overflow_core.errors import ConfigError
+
+    assert check_setting("stop", "\n") == ("\n",) and check_setting("stop", ["\n\n", " "]) == ("\n\n", " ")
+    with pytest.raises(ConfigError, match=r"stop\[1\]: expected a non-empty string, got ''"):
+        check_setting("stop", ["\n", ""])
+    tokenizer = _PieceTokenizer({1: " ", 2: "44", 3: "12", 4: " \n"})
+    session = _ScriptedSession([4, 2, 3, 4, 2, 0], vocab=5)  # " \n", "44", "12", " \n", "44", EOS
+    generation = Generation(
+        session,  # type: ignore[arg-type]
+        session.logits_for(0),
+        tokenizer=tokenizer,
+        max_new_tokens=10,
+        stop=("\n",),
+        stop_ids=frozenset({0}),
+        lstrip=True,
+    )
+    assert "".join(generation) == generation.text == "4412 " and generation.finish_reason == "stop"
+    assert generation.token_ids == [4, 2, 3, 4], "stopped at the second newline, not at the leading one"

@@ -214,7 +214,8 @@ def crash_runs(
                     outcome = "new"
                 else:
                     raise AssertionError("the index holds neither the old nor the new chunks and ranking")
-                loaded.add(a[:1])  # the folder takes another save, and the killed save leaves nothing behind
+                # the folder takes another save, and the killed save leaves nothing behind
+                loaded.add([(a[0][0], {"source": "another.txt"})])
                 loaded.save(folder, shard_bytes=1)
                 loaded.close()
                 again = StateIndex.load(folder, engine)

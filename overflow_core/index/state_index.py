@@ -26,6 +26,7 @@ from overflow_core.backends.base import Session, State
 from overflow_core.config import check_k, check_seed
 from overflow_core.errors import (
     ConfigError,
+    DuplicateSourceError,
     IndexConflictError,
     IndexCorruptError,
     IndexMismatchError,
@@ -150,12 +151,29 @@ class StateIndex:
         index.add(documents, progress=progress)
         return index
 
-    def add(self, documents: Any, *, progress: bool = False) -> None:
-        """Append the chunks of ``documents`` (numbered after those already in the index) and compute their states."""
+    def add(self, documents: Any, *, progress: bool = False, replace_sources: bool = False) -> None:
+        """Append the chunks of ``documents`` (numbered after those already in the index) and compute their states.
+
+        A document whose ``metadata["source"]`` is already in the index is refused (its chunks would be there twice, and
+        a top-k would hold copies) unless ``replace_sources=True``, which re-indexes it: its old chunks go once the new
+        states are computed, so a failure leaves the index as it was. Documents without a source are not compared.
+        """
         chunks = self.engine.chunk(documents)
+        present = {c.source for c in chunks if c.source is not None} & {s.chunk.source for s in self._slots}
+        if present and not replace_sources:
+            first, more = sorted(present)[0], len(present) - 1
+            raise DuplicateSourceError(
+                f"documents: {first!r}{f' (and {more} more)' if more else ''} is already in the index; remove it "
+                "first (index.remove(source)) or re-index it with add(..., replace_sources=True)",
+                tuple(sorted(present)),
+            )
+        computed = self._compute(chunks, progress=progress)  # before anything changes: a failure leaves the index whole
+        for source in sorted(present):
+            self.remove(source)
         base, docs = len(self._slots), self._documents
-        chunks = [replace(c, index=base + c.index, doc_index=docs + c.doc_index) for c in chunks]
-        self._slots.extend(self._compute(chunks, progress=progress))
+        for slot in computed:
+            slot.chunk = replace(slot.chunk, index=base + slot.chunk.index, doc_index=docs + slot.chunk.doc_index)
+        self._slots.extend(computed)
         self._documents = docs + len({c.doc_index for c in chunks})
 
     def _compute(self, chunks: Sequence[Chunk], *, progress: bool) -> list[_Slot]:
