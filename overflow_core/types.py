@@ -247,8 +247,15 @@ class Ranking:
         return self.scores[:k]
 
     def cut(self, k: int | None) -> Ranking:
-        """The ranking of the best ``k`` chunks (itself when ``k`` is None), timings and usage kept."""
-        return self if k is None else Ranking(self.question, self.scores[:k], self.timings, self.usage)
+        """The ranking of the best ``k`` chunks (itself when ``k`` is None), timings and usage kept. ``k`` is at least 1:
+        a slice's ``-1`` (all but the last) or ``0`` (none) is never what a caller of a top-k means."""
+        if k is None:
+            return self
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            from overflow_core.errors import ConfigError
+
+            raise ConfigError(f"k: expected a positive number of chunks or None, got {k!r}")
+        return Ranking(self.question, self.scores[:k], self.timings, self.usage)
 
     def __len__(self) -> int:
         return len(self.scores)

@@ -261,3 +261,19 @@ def test_whitespace_stop_strings_are_taken_and_cut_after_the_leading_space() -> 
     )
     assert "".join(generation) == generation.text == "4412 " and generation.finish_reason == "stop"
     assert generation.token_ids == [4, 2, 3, 4], "stopped at the second newline, not at the leading one"
+
+
+def test_ranking_cut_takes_a_positive_k_only() -> None:
+    """``cut(-1)`` dropped the last chunk and ``cut(0)`` returned none, silently (slice semantics), while ``rank(k=0)``
+    is refused: a top-k is refused the same way wherever it is cut."""
+    from overflow_core.errors import ConfigError
+    from overflow_core.types import Chunk, ChunkScore, Ranking, Timings, Usage
+
+    chunk = Chunk(index=0, doc_index=0, text="x", start=0, end=1, ids=(1,))
+    scores = [ChunkScore(chunk=chunk, rank=n, entropy=float(n), top_prob=0.5, not_found_prob=0.1, idk=False,
+                         score=-float(n)) for n in range(3)]  # fmt: skip
+    ranking = Ranking("q", scores, Timings(), Usage())
+    assert ranking.cut(None) is ranking and len(ranking.cut(2)) == 2 and len(ranking.cut(9)) == 3
+    for k in (0, -1, True, 1.0):
+        with pytest.raises(ConfigError, match="k: expected a positive number of chunks"):
+            ranking.cut(k)  # type: ignore[arg-type]
