@@ -323,6 +323,27 @@ def test_damaged_index_rejected(tuned: Any, tmp_path: Path, damage: str) -> None
         StateIndex.load(folder, e).rank(QUESTION)
 
 
+def test_loading_a_folder_that_is_not_an_index_says_so_and_where_the_index_is(tuned: Any, tmp_path: Path) -> None:
+    """A folder with a manifest.json of the user's own was called corrupt; a LlamaIndex persist folder (its index in
+    ``state_index/``) was called 'not a state index' with no hint of the subfolder."""
+    e = tuned("mamba2")
+    own = tmp_path / "mine"
+    own.mkdir()
+    (own / MANIFEST).write_text('{"name": "my web app", "icons": []}')
+    with pytest.raises(IndexCorruptError, match=f"no {MARKER} marker: not a state index"):
+        StateIndex.load(own, e)
+    persisted = tmp_path / "persist"
+    StateIndex.build(e, DOCS[:1]).save(persisted / "state_index")
+    with pytest.raises(IndexCorruptError, match=r"the state index is in the subfolder .*state_index"):
+        StateIndex.load(persisted, e)
+    folder = tmp_path / "idx"
+    StateIndex.build(e, DOCS[:1]).save(folder)
+    (folder / MANIFEST).write_text((folder / MANIFEST).read_text()[:-20])
+    with pytest.raises(IndexCorruptError, match="truncated or not JSON") as err:
+        StateIndex.load(folder, e)
+    assert "marker" not in str(err.value), "a real index whose manifest is damaged is corrupt, not foreign"
+
+
 def test_shard_damaged_after_loading_is_caught_at_query_time(tuned: Any, tmp_path: Path) -> None:
     e = tuned("mamba2")
     folder = tmp_path / "idx"

@@ -580,18 +580,23 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     """
     path = folder / MANIFEST
     if not path.exists():
+        inner = sorted(p.parent for p in folder.glob(f"*/{MARKER}") if (p.parent / MANIFEST).exists())
+        hint = f"; the state index is in the subfolder {str(inner[0])!r}" if inner else ""
         raise IndexCorruptError(
             f"index {folder}: expected {MANIFEST}, found none (not a state index, or its first save was interrupted)"
+            + hint
         )
+    # a manifest.json of someone else's (no marker): say so, not "corrupt"
+    other = "" if _has_marker(folder) else f" (no {MARKER} marker: not a state index, a folder of your own?)"
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IndexCorruptError(f"index {folder}: {MANIFEST} is truncated or not JSON ({exc})") from exc
+        raise IndexCorruptError(f"index {folder}: {MANIFEST} is truncated or not JSON ({exc}){other}") from exc
     except RecursionError:
-        raise IndexCorruptError(f"index {folder}: {MANIFEST} nests deeper than JSON can be read") from None
+        raise IndexCorruptError(f"index {folder}: {MANIFEST} nests deeper than JSON can be read{other}") from None
     if not isinstance(data, dict) or "checksum" not in data:
         raise IndexCorruptError(
-            f"index {folder}: expected a JSON object with a checksum in {MANIFEST}, got something else"
+            f"index {folder}: expected a JSON object with a checksum in {MANIFEST}, got something else{other}"
         )
     if _depth(data) > MAX_DEPTH:
         raise IndexCorruptError(f"index {folder}: {MANIFEST} nests deeper than {MAX_DEPTH} levels")
