@@ -24,7 +24,14 @@ from overflow_core.decode import Generation, stop_token_ids
 from overflow_core.errors import ConfigError, InputError
 from overflow_core.index import StateIndex
 from overflow_core.prefill import PrefillBatch, prefill
-from overflow_core.prompting import PromptTemplate, build_template, encode_chat, encode_template, not_found_token_ids
+from overflow_core.prompting import (
+    PromptTemplate,
+    build_template,
+    encode_chat,
+    encode_template,
+    format_markers,
+    not_found_token_ids,
+)
 from overflow_core.selection import Kept, Scored, batch_signals, keep_best
 from overflow_core.state_cache import StateCache
 from overflow_core.types import Answer, Chunk, Ranking, Timings, Usage, as_documents, as_token_ids, check_text
@@ -154,6 +161,13 @@ class OPRM:
     def context_prompt(self, chunk_ids: Sequence[int]) -> list[int]:
         """``prefix + chunk + infix``: the question-independent part of a prompt (what the state index stores)."""
         return [*self.prompt_ids.prefix, *chunk_ids, *self.prompt_ids.infix]
+
+    def prompt_markers(self) -> list[str]:
+        """Stop strings that end an answer where the model starts the next part of its prompt format: the engine's own
+        ``stop`` strings, then the template's special tokens and line-opening labels and tags
+        (:func:`overflow_core.prompting.format_markers`). The framework LLMs stop at them outside the RAG handoff."""
+        special = getattr(self.tokenizer, "all_special_tokens", None) or ()
+        return list(dict.fromkeys([*self.config.stop, *format_markers(self.template, special)]))
 
     def user_message(self, chunk_text: str, question: str) -> str:
         """The prompt for ``chunk_text`` and ``question`` as one string (what a chat model adapter receives)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import re
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,8 +35,12 @@ __all__ = [
     "encode_chat",
     "encode_template",
     "encode_text",
+    "format_markers",
     "not_found_token_ids",
 ]
+
+_LABEL = re.compile(r"^[ \t]*([A-Z][A-Za-z ]{0,30}:)", re.M)  # "Question:" at a line start
+_TAG = re.compile(r"^[ \t]*(</?[A-Za-z][\w-]*>)[ \t]*$", re.M)  # "<doc>" alone on a line
 
 DEFAULT_INSTRUCTION = "Read the document and answer the question."
 DEFAULT_NOT_FOUND = "not found"
@@ -376,3 +381,21 @@ def not_found_token_ids(tokenizer: Any, not_found: str) -> NotFoundIds:
         raise InputError(f"not_found: the tokenizer encodes {not_found!r} to no tokens")
     minimal = [s for s in found if not any(o != s and s[: len(o)] == o for o in found)]
     return NotFoundIds(sorted(minimal))
+
+
+def format_markers(template: PromptTemplate, special_tokens: Iterable[str] = ()) -> list[str]:
+    r"""The markers of a prompt format, as stop strings: the ``special_tokens`` its template uses (``<|end|>``,
+    ``<|user|>``, ...), and each ``Label:`` or ``<tag>`` that opens a line of it (``"
+Question:"``, ``"
+</doc>"``).
+
+    A model that answered and goes on writing the next question, document or turn has left the answer; these cut it.
+
+    Example:
+        >>> format_markers(PromptTemplate(prefix="<doc>\n", infix="\n</doc>\nQuestion: ", suffix="\nAnswer:"))
+        ['\nQuestion:', '\nAnswer:', '\n<doc>', '\n</doc>']
+    """
+    text = template.prefix + template.infix + template.suffix
+    special = [s for s in special_tokens if s and s in text]
+    lines = [f"\n{m}" for m in (*_LABEL.findall(text), *_TAG.findall(text))]
+    return list(dict.fromkeys([*special, *lines]))

@@ -277,3 +277,14 @@ def test_ranking_cut_takes_a_positive_k_only() -> None:
     for k in (0, -1, True, 1.0):
         with pytest.raises(ConfigError, match="k: expected a positive number of chunks"):
             ranking.cut(k)  # type: ignore[arg-type]
+
+
+def test_format_markers_are_the_templates_own_labels_tags_and_special_tokens() -> None:
+    """The stop strings both framework LLMs use outside the handoff (one copy, here): every marker is in the template,
+    none is invented, and a special token the template does not use is left out."""
+    from overflow_core.prompting import PromptTemplate, format_markers
+
+    t = PromptTemplate(prefix="<|user|>\n<doc>\n", infix="\n</doc>\nQuestion: ", suffix="<|end|>\n<|assistant|>\nAnswer:")
+    markers = format_markers(t, ["<|user|>", "<|end|>", "<|assistant|>", "<|system|>", ""])
+    assert markers == ["<|user|>", "<|end|>", "<|assistant|>", "\nQuestion:", "\nAnswer:", "\n<doc>", "\n</doc>"]
+    assert format_markers(PromptTemplate(prefix="", infix=" ", suffix=" ->")) == []

@@ -13,22 +13,34 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.runnables.config import run_in_executor
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from langchain_overflow._engines import EngineIdentity, identify, load_engine
+from langchain_overflow._engines import EngineIdentity, LoadRequest, identify, load_engine, load_request
 from overflow_core import OPRM, OPRMConfig
 from overflow_core.chunking import encode_text
+from overflow_core.config import check_seed, check_setting
 from overflow_core.decode import Generation
+from overflow_core.errors import ConfigError
 
-__all__ = ["EngineSource", "OverflowGenerationParams", "generation_info", "iterate_in_thread", "usage"]
+__all__ = [
+    "EngineSource",
+    "OverflowGenerationParams",
+    "check_decoding",
+    "generation_info",
+    "iterate_in_thread",
+    "prompt_markers",
+    "usage",
+]
 
 T = TypeVar("T")
 
-_PER_CALL = ("temperature", "max_tokens", "top_k", "top_p", "seed")
+_PER_CALL = ("temperature", "max_tokens", "top_k", "top_p", "seed", "stop_at_prompt_markers")
+_DECODING = ("temperature", "max_tokens", "top_k", "top_p", "stop", "seed")  # checked by the engine's own rules
+_CORE_NAME = {"max_tokens": "max_new_tokens"}  # a LangChain field -> the engine setting it sets
 _ENGINE_SETTINGS = frozenset(f.name for f in fields(OPRMConfig))
 _HINTS = {"max_new_tokens": "max_tokens", "max_length": "max_tokens", "model_name": "model", "model_id": "model",
           "model_path": "model", "random_seed": "seed"}  # fmt: skip
@@ -57,15 +69,57 @@ def _unknown_field(cls: type[BaseModel], name: str) -> str:
     return f"{where}; expected some of {', '.join(sorted(known))}"
 
 
+def check_decoding(name: str, value: Any) -> Any:
+    """``value`` checked as the decoding field ``name`` by the engine's own rules, and normalised.
+
+    The rules are :func:`overflow_core.config.check_setting` and :func:`~overflow_core.config.check_seed`; normalised
+    means ``1`` -> ``1.0``, one stop string -> a list of one. ``None`` passes (the engine's default). Raises
+    :class:`~overflow_core.errors.ConfigError` naming the field as these classes name it (``max_tokens``, not the
+    engine's ``max_new_tokens``), what was expected and what came.
+    """
+    if value is None:
+        return None
+    core = _CORE_NAME.get(name, name)
+    try:
+        if name == "seed":
+            return check_seed(value)
+        checked = check_setting(core, value)
+    except ConfigError as exc:
+        message = str(exc)
+        if core != name and message.startswith(f"{core}:"):
+            message = f"{name}:{message[len(core) + 1 :]}"
+        raise ConfigError(message) from None
+    return list(checked) if name == "stop" else checked
+
+
+def prompt_markers(engine: OPRM) -> list[str]:
+    r"""The markers of the engine's prompt format, as stop strings: :meth:`overflow_core.OPRM.prompt_markers`.
+
+    The LlamaIndex ``OverflowLLM`` stops at the same ones: the engine's own stop strings, the special tokens its template
+    uses (``<|end|>``, ``<|user|>``, ...), and each ``Label:`` or ``<tag>`` that opens a line of it (``"\nQuestion:"``).
+    """
+    return engine.prompt_markers()
+
+
 class EngineSource(BaseModel):
     """Where a class gets its engine: ``engine=`` (one already loaded) or ``model=`` (loaded on first use, shared).
 
     ``model`` is a model folder or hub id (None: the bundled model) and ``engine_kwargs`` the keyword arguments for
     :meth:`overflow_core.OPRM.from_pretrained`; classes built from the same ``model`` and ``engine_kwargs`` share one
     engine, and so one state cache. Unknown constructor arguments are refused, naming the closest field.
+
+    A deep copy (``copy.deepcopy``, ``model_copy(deep=True)``) shares the engine (loaded weights, thread-safe) and copies
+    the rest. A pickle carries how the engine was loaded, not the engine: an instance built from ``model=`` or
+    ``from_pretrained`` loads the model again (through the shared loader) on first use where it is unpickled; one built
+    on ``engine=`` cannot say how to load it again and refuses to pickle, saying so.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", populate_by_name=True)
+
+    _SHARED: ClassVar[tuple[str, ...]] = ("engine_",)
+    """Fields a deep copy shares instead of copying."""
+    _reload: LoadRequest | None = PrivateAttr(default=None)
+    """How to load the engine again (set on an unpickled instance whose engine was loaded by the shared loader)."""
 
     engine_: OPRM | None = Field(default=None, alias="engine", exclude=True, repr=False)
     """The engine (``engine=``); None until first use when built from ``model=``."""
@@ -123,9 +177,38 @@ class EngineSource(BaseModel):
         """The engine (loaded now, through the shared loader, if this instance was built from ``model=``)."""
         engine = self.engine_
         if engine is None:
-            engine = load_engine(self.model, self.engine_kwargs)
+            model, settings = self._reload if self._reload is not None else (self.model, self.engine_kwargs)
+            engine = load_engine(model, settings)
             self.engine_ = engine
         return engine
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Any:
+        """A copy that shares the engine (and the other :attr:`_SHARED` fields) and copies everything else."""
+        memo = {} if memo is None else memo
+        for name in self._SHARED:
+            value = self.__dict__.get(name)
+            if value is not None:
+                memo.setdefault(id(value), value)
+        return super().__deepcopy__(memo)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """The pickled state: the fields without the engine, and how to load it again (see the class docstring)."""
+        state = super().__getstate__()
+        engine = self.engine_
+        if engine is None:
+            return state
+        request = load_request(engine)
+        if request is None:
+            name = type(self).__name__
+            also = f" or {name}.from_pretrained(...)" if hasattr(type(self), "from_pretrained") else ""
+            raise TypeError(
+                f"cannot pickle {name}: it was given a loaded engine (engine=), which cannot be pickled and does not "
+                f"say how to load it again; build it with model='<folder or hub id>'{also} so the unpickled copy "
+                "loads the model again, or share this instance between threads instead"
+            )
+        values = {**state["__dict__"], "engine_": None}
+        private = {**(state.get("__pydantic_private__") or {}), "_reload": request}
+        return {**state, "__dict__": values, "__pydantic_private__": private}
 
     @property
     def identity(self) -> EngineIdentity:
@@ -144,21 +227,36 @@ def _serves(model: str, identity: EngineIdentity) -> bool:
 
 
 class OverflowGenerationParams(EngineSource):
-    """Decoding settings of :class:`ChatOverflow` and :class:`OverflowLLM`; every one can also be given per call."""
+    """Decoding settings of :class:`ChatOverflow` and :class:`OverflowLLM`; every one can also be given per call.
+
+    Values are checked when the instance is built (and when a call overrides them) by the engine's own rules: a wrong
+    type or a value that cannot work raises a ``ValueError`` naming the field, what was expected and what came.
+    """
 
     temperature: float = 0.0
-    """0 is greedy decoding."""
+    """0 is greedy decoding; else at least 1e-6."""
     max_tokens: int | None = None
-    """Most tokens to generate; ``None`` uses the engine's ``max_new_tokens``."""
+    """Most tokens to generate (>= 0); ``None`` uses the engine's ``max_new_tokens``."""
     top_k: int | None = None
+    """Sample from the ``top_k`` most likely tokens (>= 0, 0 disables); ``None`` uses the engine's."""
     top_p: float | None = None
+    """Nucleus sampling, ``0 < top_p <= 1``; ``None`` uses the engine's."""
     stop: list[str] | None = None
-    """Strings that end the output (not included in it); added to the engine's own stop strings."""
+    """Strings that end the output (not included in it); added to the engine's own stop strings and prompt markers."""
     seed: int | None = None
-    """Seeds sampling when ``temperature > 0``."""
+    """Seeds sampling when ``temperature > 0`` (an integer in [0, 2**64))."""
+    stop_at_prompt_markers: bool = True
+    """Also stop where the model starts writing the engine's prompt format again (its special tokens, a new
+    ``Question:`` or ``</doc>`` line: :func:`prompt_markers`), as the LlamaIndex ``OverflowLLM`` does.
+    ``False`` stops only at the engine's stop strings and ``stop``."""
     strict_handoff: bool = False
     """Raise :class:`HandoffError` instead of warning :class:`HandoffWarning` when a call ran its whole prompt although
     it could have continued a recent retrieval's state (see docs/langchain.md, "How the handoff works")."""
+
+    @field_validator(*_DECODING, mode="before")
+    @classmethod
+    def _check_decoding(cls, value: Any, info: ValidationInfo) -> Any:
+        return check_decoding(str(info.field_name), value)
 
     @classmethod
     def from_pretrained(cls, name_or_path: Any = None, **kwargs: Any) -> Any:
@@ -185,6 +283,8 @@ class OverflowGenerationParams(EngineSource):
             raise TypeError(f"{cls.__name__}.from_pretrained: engine/engine_kwargs: give settings as keywords instead")
         fields_ = {k: v for k, v in kwargs.items() if k in own}
         settings = {k: v for k, v in kwargs.items() if k not in own}
+        for name in _DECODING:  # before loading anything
+            check_decoding(name, fields_.get(name))
         if "model" in fields_:
             if name_or_path is not None and str(fields_["model"]) != str(name_or_path):
                 raise TypeError(f"{cls.__name__}.from_pretrained: name_or_path and model= name different models")
@@ -209,7 +309,14 @@ class OverflowGenerationParams(EngineSource):
             )
         engine = self.engine
         values = {name: overrides.get(name, getattr(self, name)) for name in _PER_CALL}
-        stops = [*engine.config.stop, *(stop if stop is not None else self.stop or [])]
+        for name in _DECODING:
+            if name in values:  # a call's override, or a field assigned after construction
+                values[name] = check_decoding(name, values[name])
+        markers = values["stop_at_prompt_markers"]
+        if not isinstance(markers, bool):
+            raise ConfigError(f"stop_at_prompt_markers: expected true or false, got {markers!r}")
+        own = prompt_markers(engine) if markers else list(engine.config.stop)
+        stops = [*own, *(stop if stop is not None else self.stop or [])]
         decoding: dict[str, Any] = {
             "temperature": values["temperature"],
             "max_new_tokens": values["max_tokens"],
@@ -244,6 +351,9 @@ class OverflowGenerationParams(EngineSource):
             "top_k": self.top_k,
             "top_p": self.top_p,
             "seed": self.seed,
+            # the stop field and markers change the output (and LangChain's cache key has only a call's own stop)
+            "default_stop": self.stop,
+            "stop_at_prompt_markers": self.stop_at_prompt_markers,
         }
 
     def get_token_ids(self, text: str) -> list[int]:

@@ -21,10 +21,14 @@ from typing import Any
 
 from overflow_core import OPRM
 
-__all__ = ["EngineIdentity", "identify", "load_engine"]
+__all__ = ["EngineIdentity", "LoadRequest", "identify", "load_engine", "load_request"]
+
+LoadRequest = tuple[str | None, dict[str, Any]]
+"""What :func:`load_engine` was asked for: the model (a folder or hub id; None for the bundled model) and the keywords."""
 
 _load_lock = threading.Lock()
 _loaded: weakref.WeakValueDictionary[tuple[str, str], OPRM] = weakref.WeakValueDictionary()
+_requests: weakref.WeakKeyDictionary[OPRM, LoadRequest] = weakref.WeakKeyDictionary()
 _identity_lock = threading.Lock()
 _identities: weakref.WeakKeyDictionary[OPRM, EngineIdentity] = weakref.WeakKeyDictionary()
 
@@ -79,7 +83,18 @@ def load_engine(name_or_path: str | Path | None, settings: Mapping[str, Any] | N
             engine = OPRM.from_pretrained(name, **settings) if name is not None else OPRM.from_pretrained(**settings)
             identify(engine)  # fingerprint the folder as it is now, at load time
             _loaded[key] = engine
+            _requests[engine] = (None if name is None else key[0], settings)  # a folder resolved: any working dir
     return engine
+
+
+def load_request(engine: OPRM) -> LoadRequest | None:
+    """How :func:`load_engine` loaded ``engine``, so that another process can load it again.
+
+    None for an engine it did not load (one given as ``engine=``: nothing says how to load it again).
+    """
+    with _load_lock:
+        request = _requests.get(engine)
+    return None if request is None else (request[0], dict(request[1]))
 
 
 def identify(engine: OPRM) -> EngineIdentity:

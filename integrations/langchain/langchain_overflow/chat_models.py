@@ -46,7 +46,11 @@ class ChatOverflow(OverflowGenerationParams, BaseChatModel):
     and its question but missed that state (another wording, a system message, a second engine) warns
     :class:`HandoffWarning`, or raises :class:`HandoffError` with ``strict_handoff=True``.
 
-    Replies carry no leading whitespace (a model that copies a value from its context emits the value's space first).
+    Replies carry no leading whitespace (a model that copies a value from its context emits the value's space first),
+    and end at the engine's stop strings, at ``stop``, and where the model starts writing its prompt format again (a
+    special token, a new ``Question:`` or ``</doc>`` line; ``stop_at_prompt_markers=False`` turns that off). Decoding
+    fields are checked when the model is built. A deep copy shares the engine; a pickle loads the model again where it
+    is unpickled when it was built from ``model=`` or ``from_pretrained``, and is refused (saying why) on ``engine=``.
     Usage metadata counts every prompt token as input; ``input_token_details["cache_read"]`` is the part whose state came
     from the cache. ``response_metadata["model_name"]`` (and ``ls_model_name`` in traces) is ``name@fingerprint``: the
     fingerprint identifies the checkpoint and settings loaded, and is part of LangChain's LLM cache key. Tool calling

@@ -23,8 +23,9 @@ class OverflowLLM(OverflowGenerationParams, LLM):
     The prompt string is encoded with ``engine.encode_prompt``: a prompt rendered by
     :func:`langchain_overflow.format_docs_for` (``engine.user_message(chunk, question)``) maps to exactly the ids the
     retriever scored, so decoding continues from the cached state of that chunk. ``generate()`` reports token counts and
-    ``prompt_forward_tokens`` in each generation's ``generation_info``. Constructors, the fingerprinted ``model_name``
-    and the handoff check (:class:`HandoffWarning`, ``strict_handoff``) are as for :class:`ChatOverflow`; fed the chat
+    ``prompt_forward_tokens`` in each generation's ``generation_info``. Constructors, the checked decoding fields, where
+    the output stops (``stop_at_prompt_markers``), copies and pickles, the fingerprinted ``model_name`` and the handoff
+    check (:class:`HandoffWarning`, ``strict_handoff``) are as for :class:`ChatOverflow`; fed the chat
     prompt of :func:`overflow_rag_prompt` (which LangChain renders as ``"Human: ..."`` text), it warns and names
     :func:`format_docs_for` as the prompt to use.
 

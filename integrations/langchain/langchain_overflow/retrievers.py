@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
@@ -91,6 +91,7 @@ class OverflowRetriever(EngineSource, BaseRetriever):
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", populate_by_name=True)
+    _SHARED: ClassVar[tuple[str, ...]] = ("engine_", "index")  # a deep copy shares the engine and the state index
 
     documents: list[Document] = Field(default_factory=list, repr=False)
     """The corpus, as LangChain Documents; each is chunked by the engine, its id and metadata copied to every chunk."""
@@ -124,11 +125,24 @@ class OverflowRetriever(EngineSource, BaseRetriever):
             own = getattr(self.index, "engine", None)
             if self.engine_ is not None and own is not None and own is not self.engine_:
                 raise ValueError("engine / index: the index was built on another engine; give the index alone")
+            if self.engine_ is None and isinstance(own, OPRM):  # .engine is the index's, never a model loaded beside it
+                self.engine_ = own
+                self.model = self.model or own.name
             return self
         if not self.documents:
             raise ValueError("documents: expected at least one non-empty Document (or an index=), got none")
         check_metadata_key(self.documents, self.metadata_key)
         return self
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """As for every class here (the engine is left out, loaded again where unpickled); a state index refuses."""
+        if isinstance(getattr(self.index, "engine", None), OPRM):
+            raise TypeError(
+                "cannot pickle OverflowRetriever built on a state index (index=): it holds model states in memory "
+                "with its engine; save it (retriever.index.save(folder)) and, where it is needed, build "
+                "OverflowRetriever(index=StateIndex.load(folder, engine))"
+            )
+        return super().__getstate__()
 
     @classmethod
     def from_texts(

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from llama_index.core import Document, SummaryIndex
 from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.base.llms.types import CompletionResponse
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from llama_index.llms.overflow import OverflowLLM
@@ -145,3 +146,81 @@ def test_the_settings_guard_catches_a_fallback(tiny_engine: OPRM, settings_guard
         RetrieverQueryEngine.from_args(retriever)  # no llm= given: LlamaIndex reaches for Settings.llm
     assert "llm" in settings_guard
     settings_guard.clear()
+
+
+class SaysLLM(OverflowLLM):
+    """An OverflowLLM whose completion is fixed (``answer``), streamed one character per delta."""
+
+    answer: str = ""
+
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return CompletionResponse(text=self.answer)
+
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        def gen() -> Any:
+            text = ""
+            for char in self.answer:
+                text += char
+                yield CompletionResponse(text=text, delta=char)
+            yield CompletionResponse(text=text, delta="")
+
+        return gen()
+
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        async def gen() -> Any:
+            for response in self.stream_complete(prompt):
+                yield response
+
+        return gen()
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected", "not_found"),
+    [
+        ("No", "No", False),
+        ("no", "no", False),
+        ("n", "n", False),
+        ("not", "not", False),
+        (" Not fou", "Not fou", False),
+        ("not found", NOT_FOUND_ANSWER, True),
+        ("Not found.", NOT_FOUND_ANSWER, True),
+        (" not found in the text\n", NOT_FOUND_ANSWER, True),
+        ("4412", "4412", False),
+        (" 4412 \n", "4412", False),
+        ("Nothing", "Nothing", False),
+    ],
+)
+async def test_streaming_and_not_streaming_agree_on_not_found(
+    tiny_engine: OPRM, answer: str, expected: str, not_found: bool
+) -> None:
+    """At 17c36d4 an answer that is a prefix of the not-found phrase ("No", "not") was 'No' without streaming and
+    'Not found in the documents.' (not_found=True) with it."""
+    node = NodeWithScore(node=TextNode(text="The locker number of Alice Baker is 4412."), score=-1.0)
+    llm = SaysLLM(tiny_engine, answer=answer)
+    plain = OverflowQueryEngine(FixedRetriever([node]), llm).query(QUESTION)
+    streamed = OverflowQueryEngine(FixedRetriever([node]), llm, streaming=True).query(QUESTION)
+    text = "".join(streamed.response_gen)  # type: ignore[union-attr]
+    astreamed = await OverflowQueryEngine(FixedRetriever([node]), llm, streaming=True).aquery(QUESTION)
+    atext = "".join([piece async for piece in astreamed.async_response_gen()])  # type: ignore[union-attr]
+    assert plain.response == text == atext == expected
+    for response in (plain, streamed, astreamed):
+        assert response.metadata is not None and response.metadata["not_found"] is not_found
+
+
+def test_from_pretrained_defaults_to_the_bundled_model(tiny_engine: OPRM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 17c36d4 ``OverflowQueryEngine.from_pretrained(documents=docs)`` raised TypeError: ``name_or_path`` had no
+    default, unlike every other ``from_pretrained``."""
+    from llama_index.query_engine.overflow import base
+
+    calls: list[tuple[Any, dict[str, Any]]] = []
+
+    def shared_engine(name_or_path: Any = None, **settings: Any) -> OPRM:
+        calls.append((name_or_path, settings))
+        return tiny_engine
+
+    monkeypatch.setattr(base, "shared_engine", shared_engine)
+    query_engine = OverflowQueryEngine.from_pretrained(documents=tiny_documents(), similarity_top_k=1)
+    assert calls == [(None, {})] and query_engine.llm.engine is tiny_engine
+    assert len(query_engine.query(QUESTION).source_nodes) == 1
+    with pytest.raises(ValueError, match="documents: expected the documents"):
+        OverflowQueryEngine.from_pretrained()

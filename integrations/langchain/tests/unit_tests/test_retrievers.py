@@ -137,6 +137,16 @@ def test_index_is_used_in_place_of_documents(engine: OPRM, docs: list[Document])
         assert a.metadata["overflow"]["not_found"] is b.metadata["overflow"]["not_found"] is ref.idk
 
 
+def test_an_index_retrievers_engine_is_the_index_engine(engine: OPRM, docs: list[Document]) -> None:
+    """``retriever.engine`` on an index is the engine the index ranks with (it used to load the bundled model beside it,
+    so ``ChatOverflow(engine=retriever.engine)`` missed the handoff and ``create_overflow_chain`` refused it)."""
+    from langchain_overflow import ChatOverflow, create_overflow_chain
+
+    retriever = OverflowRetriever(index=engine.index([(d.page_content, d.metadata) for d in docs]), k=2)
+    assert retriever.engine is engine and retriever.model == engine.name
+    create_overflow_chain(retriever, ChatOverflow(engine=retriever.engine, max_tokens=2))  # refused before
+
+
 def test_any_object_with_rank_works_as_an_index(engine: OPRM, docs: list[Document]) -> None:
     calls: list[tuple[str, int | None]] = []
 

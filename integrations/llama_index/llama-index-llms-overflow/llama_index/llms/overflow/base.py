@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import re
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from pathlib import Path
@@ -56,8 +55,6 @@ _T = TypeVar("_T")
 _DONE = object()
 _CONTEXT_VARS = ("context_str", "context_msg")  # LlamaIndex's names for a template's context
 _QUESTION_VAR = "query_str"
-_LABEL = re.compile(r"^[ \t]*([A-Z][A-Za-z ]{0,30}:)", re.M)  # "Question:" at a line start
-_TAG = re.compile(r"^[ \t]*(</?[A-Za-z][\w-]*>)[ \t]*$", re.M)  # "<doc>" alone on a line
 
 
 def usage(generation: Any = None) -> dict[str, Any]:
@@ -101,16 +98,13 @@ def _stripped_query(**kwargs: Any) -> str:
 
 
 def prompt_markers(engine: OPRM) -> list[str]:
-    """The markers of the engine's prompt format, as stop strings: the special tokens its template uses (``<|end|>``,
+    """The markers of the engine's prompt format, as stop strings (:meth:`overflow_core.OPRM.prompt_markers`, which the
+    LangChain models stop at too): the engine's stop strings, the special tokens its template uses (``<|end|>``,
     ``<|user|>``, ...), and each ``Label:`` or ``<tag>`` that opens a line of it (``"\\nQuestion:"``, ``"\\n</doc>"``).
 
     A model that answered and goes on writing the next question, document or turn has left the answer; these cut it.
     """
-    t = engine.template
-    text = t.prefix + t.infix + t.suffix
-    special = [s for s in getattr(engine.tokenizer, "all_special_tokens", []) if s and s in text]
-    lines = [f"\n{m}" for m in (*_LABEL.findall(text), *_TAG.findall(text))]
-    return list(dict.fromkeys([*engine.config.stop, *special, *lines]))
+    return engine.prompt_markers()
 
 
 class _PackedPrompt(str):

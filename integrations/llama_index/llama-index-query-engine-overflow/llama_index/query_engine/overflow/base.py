@@ -20,6 +20,7 @@ from llama_index.llms.overflow.loading import shared_engine, split_settings
 from llama_index.retrievers.overflow import OverflowRetriever, is_abstaining, node_text
 
 from overflow_core import OPRM
+from overflow_core.answering import is_not_found
 
 __all__ = ["NOT_FOUND_ANSWER", "OverflowQueryEngine"]
 
@@ -90,7 +91,7 @@ class OverflowQueryEngine(BaseQueryEngine):
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path | None, documents: Sequence[BaseNode], **kwargs: Any
+        cls, name_or_path: str | Path | None = None, documents: Sequence[BaseNode] | None = None, **kwargs: Any
     ) -> OverflowQueryEngine:
         """Load a model (``None``: the bundled one) through the core's loader and answer over ``documents`` with it.
 
@@ -98,8 +99,10 @@ class OverflowQueryEngine(BaseQueryEngine):
         (whatever :meth:`OPRM.from_pretrained` takes); anything else raises ``TypeError``.
 
         Example:
-            >>> query_engine = OverflowQueryEngine.from_pretrained(None, documents, streaming=True)  # doctest: +SKIP
+            >>> query_engine = OverflowQueryEngine.from_pretrained(documents=documents, streaming=True)  # doctest: +SKIP
         """
+        if documents is None:
+            raise ValueError("documents: expected the documents (or nodes) to answer over, got none")
         own, settings = split_settings(
             "OverflowQueryEngine.from_pretrained", kwargs, (*_RETRIEVER_OPTIONS, *_ENGINE_OPTIONS)
         )
@@ -125,11 +128,8 @@ class OverflowQueryEngine(BaseQueryEngine):
         best = next((n for n in nodes if not is_abstaining(n)), None)
         return None if best is None else self.llm.engine.user_message(node_text(best.node), query_str)
 
-    def _is_not_found(self, text: str) -> bool:
-        return text.strip().lower().startswith(self.llm.engine.config.not_found.strip().lower())
-
     def _response(self, nodes: list[NodeWithScore], text: str | None, used: dict[str, Any]) -> Response:
-        if text is None or self._is_not_found(text):
+        if text is None or is_not_found(text, self.llm.engine.config.not_found):
             return Response(self.not_found_answer, source_nodes=nodes, metadata={"not_found": True, **used})
         return Response(text.strip(), source_nodes=nodes, metadata={"not_found": False, **used})
 
@@ -186,33 +186,49 @@ class OverflowQueryEngine(BaseQueryEngine):
 
 class _NotFoundGate:
     """Streams an answer, holding back its start until it is clear whether it is the not-found phrase (which becomes
-    the query engine's ``not_found_answer``); fills ``metadata`` with ``not_found`` and the completion's usage."""
+    the query engine's ``not_found_answer``); fills ``metadata`` with ``not_found`` and the completion's usage.
+
+    The rule is the non-streaming one, :func:`overflow_core.answering.is_not_found`: the answer is "not found" when it
+    starts with the phrase. While the text so far could still become the phrase it is held back; an answer that ends
+    there ("No", "not") is an answer. Whitespace at the end is held back too and dropped when the stream ends, so the
+    streamed text is exactly the non-streaming response's.
+    """
 
     def __init__(self, phrase: str, not_found_answer: str, metadata: dict[str, Any]) -> None:
-        self.phrase, self.not_found_answer, self.metadata = phrase.strip().lower(), not_found_answer, metadata
+        self.phrase, self.not_found_answer, self.metadata = phrase, not_found_answer, metadata
         self.held, self.decided = "", False
 
     def feed(self, response: CompletionResponse) -> list[str]:
         self.metadata.update(response.additional_kwargs)
         delta = response.delta or ""
         if self.decided:
-            return [delta] if delta and not self.metadata["not_found"] else []
+            return self._release(delta) if not self.metadata["not_found"] else []
         self.held += delta
-        head = self.held.lstrip().lower()
-        if head.startswith(self.phrase):
+        head = self.held.lstrip()
+        if is_not_found(head, self.phrase):
             self.decided, self.metadata["not_found"] = True, True
             return [self.not_found_answer]
-        if head and not self.phrase.startswith(head):
+        if head and not self.phrase.strip().lower().startswith(head.lower()):  # can no longer become the phrase
             self.decided, self.metadata["not_found"] = True, False
-            return [self.held.lstrip()]
+            self.held = ""
+            return self._release(head)
         return []
+
+    def _release(self, text: str) -> list[str]:
+        """``text`` after what was held back, up to its trailing whitespace (held until more text follows)."""
+        text = self.held + text
+        out = text.rstrip()
+        self.held = text[len(out) :]
+        return [out] if out else []
 
     def end(self) -> list[str]:
         if self.decided:
             return []
         held = self.held.strip()  # the stream ended inside (a prefix of) the phrase, or empty
-        self.metadata["not_found"] = not held or self.phrase.startswith(held.lower())
-        return [self.not_found_answer if self.metadata["not_found"] else held]
+        self.metadata["not_found"] = is_not_found(held, self.phrase)
+        if self.metadata["not_found"]:
+            return [self.not_found_answer]
+        return [held] if held else []
 
 
 def _once(text: str) -> Generator[str, None, None]:
@@ -222,4 +238,3 @@ def _once(text: str) -> Generator[str, None, None]:
 async def _aiter(items: Sequence[str]) -> AsyncGenerator[str, None]:
     for item in items:
         yield item
-

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,8 @@ from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 from llama_index.core.storage.docstore.types import BaseDocumentStore
 from llama_index.core.storage.docstore.utils import doc_to_json, json_to_doc
 from llama_index.llms.overflow.loading import shared_engine, split_settings
-from llama_index.retrievers.overflow.nodes import question_of, ranking_to_nodes, to_pieces
+from llama_index.retrievers.overflow.nodes import _SOURCE as _SOURCE_KEY
+from llama_index.retrievers.overflow.nodes import Pieces, question_of, ranking_to_nodes, to_pieces
 
 from overflow_core import OPRM, Ranking
 
@@ -201,9 +204,26 @@ class OverflowRetriever(BaseRetriever):
 
     # -- persistence: JSON for the nodes and settings, the state index's own files for states; no pickle ------------------
     def persist(self, persist_dir: str | Path) -> None:
-        """Write the nodes, the settings and (when used) the state index to ``persist_dir``."""
+        """Write the nodes, the settings and (when used) the state index to ``persist_dir``.
+
+        A persist that fails (a full disk, an index folder another process is writing, ...) leaves what was there
+        before loadable and unchanged: the new ``nodes.json`` and ``retriever.json`` are written to temporary files
+        first, the state index is saved next (its own atomic commit), and only then do the two files replace the old
+        ones (``os.replace``). :meth:`from_persist_dir` refuses a folder whose nodes do not match its state index.
+
+        Raises:
+            ValueError: ``persist_dir`` is a file or lies under one, its ``state_index`` folder holds files that are
+                not an Overflow state index, or its ``nodes.json`` / ``retriever.json`` are not an OverflowRetriever's.
+                Nothing is written.
+        """
         folder = Path(persist_dir)
-        folder.mkdir(parents=True, exist_ok=True)
+        _check_target(folder, with_index=self._index is not None)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(
+                f"persist_dir: cannot create the folder {str(folder)!r} ({exc.strerror or exc}); nothing was written"
+            ) from exc
         settings = {
             "format": _FORMAT,
             "version": _VERSION,
@@ -213,16 +233,42 @@ class OverflowRetriever(BaseRetriever):
             "model": self._engine.name,
             "chunk_tokens": self._engine.config.chunk_tokens,
         }
-        (folder / NODES_FILE).write_text(json.dumps([doc_to_json(n) for n in self._nodes.values()]), encoding="utf-8")
-        if self._index is not None:
-            self._index.save(folder / INDEX_DIR)
-        (folder / RETRIEVER_FILE).write_text(json.dumps(settings, indent=2), encoding="utf-8")
+        tag = uuid.uuid4().hex[:12]
+        staged: list[Path] = []
+        try:
+            nodes = _stage(folder / NODES_FILE, json.dumps([doc_to_json(n) for n in self._nodes.values()]), tag, staged)
+            meta = _stage(folder / RETRIEVER_FILE, json.dumps(settings, indent=2), tag, staged)
+            if self._index is not None:
+                self._index.save(folder / INDEX_DIR)  # atomic by itself: on failure the old index is still there
+            # commit: the nodes, then the settings. An interruption after the index was saved can leave nodes and an
+            # index that do not match; from_persist_dir checks the pairing and refuses such a folder
+            os.replace(nodes, folder / NODES_FILE)
+            os.replace(meta, folder / RETRIEVER_FILE)
+            _fsync_dir(folder)
+        finally:
+            for path in staged:
+                path.unlink(missing_ok=True)
 
     @classmethod
     def from_persist_dir(
-        cls, persist_dir: str | Path, engine: OPRM, *, similarity_top_k: int | None = None, **kwargs: Any
+        cls,
+        persist_dir: str | Path,
+        engine: OPRM,
+        *,
+        similarity_top_k: int | None = None,
+        use_state_index: bool | None = None,
+        **kwargs: Any,
     ) -> OverflowRetriever:
-        """Load what :meth:`persist` wrote; ``engine`` must be the model the retriever was built with."""
+        """Load what :meth:`persist` wrote; ``engine`` must be the model the retriever was built with.
+
+        ``similarity_top_k``, ``use_state_index`` and ``whole_nodes`` default to the persisted values. With
+        ``use_state_index=True`` on a retriever persisted without an index, the index is built; with ``False``, a
+        persisted index is not loaded.
+
+        Raises:
+            ValueError: the folder holds no persisted retriever, or its nodes do not match its state index (the
+                folder was changed by hand, or a persist by an older version was interrupted).
+        """
         folder = Path(persist_dir)
         path = folder / RETRIEVER_FILE
         try:
@@ -230,10 +276,11 @@ class OverflowRetriever(BaseRetriever):
             nodes = [json_to_doc(d) for d in json.loads((folder / NODES_FILE).read_text(encoding="utf-8"))]
         except (OSError, ValueError, KeyError) as exc:
             raise ValueError(f"persist_dir {str(folder)!r}: expected a persisted OverflowRetriever ({exc})") from exc
-        if settings.get("format") != _FORMAT or settings.get("version") != _VERSION:
+        if not isinstance(settings, dict) or settings.get("format") != _FORMAT or settings.get("version") != _VERSION:
+            got = settings if isinstance(settings, dict) else {}
             raise ValueError(
                 f"{path}: expected format {_FORMAT!r} version {_VERSION}, "
-                f"got {settings.get('format')!r} version {settings.get('version')!r}"
+                f"got {got.get('format')!r} version {got.get('version')!r}"
             )
         if settings.get("chunk_tokens") != engine.config.chunk_tokens:
             logger.warning(
@@ -242,12 +289,139 @@ class OverflowRetriever(BaseRetriever):
                 settings.get("chunk_tokens"),
                 engine.config.chunk_tokens,
             )
-        index = None
-        if settings.get("state_index"):
+        saved_index = bool(settings.get("state_index"))
+        want_index = saved_index if use_state_index is None else bool(use_state_index)
+        if similarity_top_k is None:
+            similarity_top_k = settings.get("similarity_top_k")
+            if isinstance(similarity_top_k, bool) or not isinstance(similarity_top_k, int):
+                raise ValueError(f"{path}: expected an integer similarity_top_k, got {similarity_top_k!r}")
+        kwargs.setdefault("whole_nodes", bool(settings.get("whole_nodes", False)))
+        # the constructor checks every argument (and builds the index when asked for one that was not persisted)
+        retriever = cls(
+            engine,
+            nodes,
+            similarity_top_k=similarity_top_k,
+            use_state_index=want_index and not saved_index,
+            **kwargs,
+        )
+        if want_index and saved_index:
             from overflow_core.index import StateIndex
 
             index = StateIndex.load(folder / INDEX_DIR, engine)
-        kwargs.setdefault("whole_nodes", bool(settings.get("whole_nodes", False)))
-        retriever = cls(engine, nodes, similarity_top_k=similarity_top_k or int(settings["similarity_top_k"]), **kwargs)
-        retriever._index = index
+            problem = _mismatch(retriever._pieces, index)
+            if problem is not None:
+                index.close()
+                raise ValueError(
+                    f"persist_dir {str(folder)!r}: {NODES_FILE} does not match the state index ({problem}); the "
+                    "folder was changed or a persist did not finish: persist the retriever again"
+                )
+            retriever._index = index
         return retriever
+
+
+def _check_target(folder: Path, *, with_index: bool) -> None:
+    """Refuse, before anything is written, a ``persist_dir`` that is a file or holds files that are not ours."""
+    shown = str(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"persist_dir: expected a folder, {shown!r} is a file; nothing was written")
+    for parent in folder.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(
+                    f"persist_dir: cannot create the folder {shown!r}: {str(parent)!r} is a file; nothing was written"
+                )
+            break
+    if not folder.is_dir():
+        return
+    for name in (NODES_FILE, RETRIEVER_FILE):
+        if (folder / name).exists() and not _is_ours(folder / RETRIEVER_FILE):
+            raise ValueError(
+                f"persist_dir: {shown!r} holds a {name} that is not an OverflowRetriever's (no {RETRIEVER_FILE} of "
+                f"format {_FORMAT!r}); nothing was written (choose another folder, or move it away)"
+            )
+    index_dir = folder / INDEX_DIR
+    if with_index and index_dir.exists():
+        if not index_dir.is_dir():
+            raise ValueError(
+                f"persist_dir: {str(index_dir)!r} is a file, expected the state index folder; nothing was written"
+            )
+        from overflow_core.index import MARKER
+
+        names = sorted(p.name for p in index_dir.iterdir())
+        if names and MARKER not in names:
+            raise ValueError(
+                f"persist_dir: {str(index_dir)!r} holds files that are not an Overflow state index "
+                f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}); nothing was written (choose another "
+                "folder, or move them away)"
+            )
+
+
+def _is_ours(path: Path) -> bool:
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(settings, dict) and settings.get("format") == _FORMAT
+
+
+def _stage(target: Path, text: str, tag: str, staged: list[Path]) -> Path:
+    """Write ``text`` durably to a temporary file next to ``target`` (recorded in ``staged``) and return its path."""
+    tmp = target.with_name(f".{target.name}.tmp-{tag}")
+    staged.append(tmp)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames in ``folder`` durable (where the platform can open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _mismatch(pieces: Pieces, index: Any) -> str | None:
+    """Why the state index's chunks are not the chunks of ``pieces`` (None when they are): every chunk must be the
+    text of its document at its recorded span, and the chunks of each document must cover all of its text."""
+    documents = pieces.documents
+    if index.documents != len(documents):
+        return f"the index holds {index.documents} documents, the nodes make {len(documents)}"
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for chunk in index.chunks:
+        if not 0 <= chunk.doc_index < len(documents):
+            return f"chunk {chunk.index} belongs to document {chunk.doc_index}, the nodes make {len(documents)}"
+        doc = documents[chunk.doc_index]
+        key = doc.metadata.get(_SOURCE_KEY)
+        node = pieces.nodes[key].node_id if key in pieces.nodes else "?"
+        if chunk.source != key or doc.text[chunk.start : chunk.end] != chunk.text:
+            return f"node {node!r} reads {_short(doc.text)}, the index's chunk {chunk.index} {_short(chunk.text)}"
+        spans.setdefault(chunk.doc_index, []).append((chunk.start, chunk.end))
+    for i, doc in enumerate(documents):
+        if not _covers(doc.text, spans.get(i, [])):
+            key = doc.metadata.get(_SOURCE_KEY)
+            node = pieces.nodes[key].node_id if key in pieces.nodes else "?"
+            return f"node {node!r} reads {_short(doc.text)}, text the index's chunks do not hold"
+    return None
+
+
+def _covers(text: str, spans: list[tuple[int, int]]) -> bool:
+    """Whether the character spans cover every non-space character of ``text``."""
+    covered = 0
+    for start, end in sorted(spans):
+        if text[covered:start].strip():
+            return False
+        covered = max(covered, end)
+    return not text[covered:].strip()
+
+
+def _short(text: str, width: int = 40) -> str:
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
