@@ -23,6 +23,7 @@ from llama_index.retrievers.overflow.nodes import _SOURCE as _SOURCE_KEY
 from llama_index.retrievers.overflow.nodes import Pieces, question_of, ranking_to_nodes, to_pieces
 
 from overflow_core import OPRM, Ranking
+from overflow_core.index.storage import fsync_dir
 
 __all__ = ["OverflowRetriever", "sentence_splitter"]
 
@@ -244,7 +245,7 @@ class OverflowRetriever(BaseRetriever):
             # index that do not match; from_persist_dir checks the pairing and refuses such a folder
             os.replace(nodes, folder / NODES_FILE)
             os.replace(meta, folder / RETRIEVER_FILE)
-            _fsync_dir(folder)
+            fsync_dir(folder)  # the renames, durable
         finally:
             for path in staged:
                 path.unlink(missing_ok=True)
@@ -373,20 +374,6 @@ def _stage(target: Path, text: str, tag: str, staged: list[Path]) -> Path:
         f.flush()
         os.fsync(f.fileno())
     return tmp
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the renames in ``folder`` durable (where the platform can open a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _mismatch(pieces: Pieces, index: Any) -> str | None:
