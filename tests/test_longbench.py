@@ -300,3 +300,20 @@ def test_oprm_cli_hands_off(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["longbench", "--help"])
     assert "--chunk-tokens" in capsys.readouterr().out
+
+
+def test_a_users_file_as_out_is_refused_never_truncated(tmp_path: Path) -> None:
+    """A text file without a final newline was taken for a crash's half-written record, 'redone' (truncated) and
+    overwritten with results, exit 0. Only a last line begun as this runner begins a record is redone."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my important notes")
+    with pytest.raises(InputError, match="is it a LongBench results file"):
+        load_records(notes)
+    assert notes.read_text() == "my important notes"
+    image = tmp_path / "plot.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(InputError, match="not UTF-8 text"):
+        load_records(image)
+    cut = tmp_path / "run.jsonl"
+    cut.write_text('{"key": "hotpotqa-0-oprm", "sc')  # a crash in the first record: redone
+    assert load_records(cut) == []

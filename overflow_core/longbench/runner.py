@@ -108,14 +108,19 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     records: list[dict[str, Any]] = []
-    lines = path.read_text(encoding="utf-8").split("\n")
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError:
+        raise InputError(f"--out {path}: not UTF-8 text; is it a LongBench results file? refusing to append") from None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            if n == len(lines):  # the last line, without its newline: a write cut short by a crash; it is redone
+            # the last line, without its newline, begun as this runner begins a record: a write cut short by a crash,
+            # redone. Anything else (a file of the user's without a final newline) is refused, never truncated
+            if n == len(lines) and line.startswith('{"') and (records or line.startswith('{"key"')):
                 logger.warning("%s: line %d is incomplete and will be redone", path, n)
                 break
             raise InputError(f"--out {path}: line {n} is not JSON ({exc.msg}); is it a LongBench results file?") from exc
