@@ -224,6 +224,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
             f"--append: expected an existing state index at {args.out!r}, found an unfinished one (its first save "
             "was interrupted); run without --append"
         )
+    if args.append and not out.exists():
+        raise InputError(f"--append: expected an existing state index at {args.out}, found nothing; run without --append")
     if args.replace and not args.append:
         raise InputError("--replace: re-indexes files of an existing index; use it with --append")
     docs = read_documents(args.files)
@@ -232,7 +234,6 @@ def _cmd_index(args: argparse.Namespace) -> int:
     engine = _engine(args)
     if append:
         index = StateIndex.load(out, engine)
-        before = len(index)
         try:
             index.add(docs, replace_sources=args.replace)
         except DuplicateSourceError as exc:
@@ -241,7 +242,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
                 f"{exc.sources[0]}{more}: already in the index at {args.out}; add --replace to re-index it"
             ) from None
         index.save(out)
-        added = len(index) - before
+        sources = {d.source for d in docs}
+        added = sum(1 for c in index.chunks if c.source in sources)  # with --replace, the re-indexed ones too
         sys.stdout.write(f"indexed {added} chunks from {len(docs)} files into {args.out} ({len(index)} chunks in all)\n")
         return 0
     index = engine.index(docs, progress=sys.stderr.isatty())

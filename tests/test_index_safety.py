@@ -157,6 +157,9 @@ def test_cli_append_to_an_index_and_ask_in_summarize_mode(
     assert main(["index", str(files[2]), "--out", out, "--append", "--replace", *model]) == 0
     said = capsys.readouterr().out.split()
     assert int(said[-4].strip("(")) == total, "--replace re-indexes the file in place of its old chunks"
+    assert int(said[1]) > 0, "the re-indexed chunks are counted as indexed"
+    assert main(["index", str(files[2]), "--out", out + "-typo", "--append", *model]) == 2, "no index there to add to"
+    assert "found nothing" in capsys.readouterr().err and not Path(out + "-typo").exists()
     ask = ["ask", "-q", QUESTION, "--index", out, "--json", "--max-new-tokens", "3", *model]
     assert main([*ask, "--mode", "summarize"]) == 0
     answer = json.loads(capsys.readouterr().out)

@@ -139,3 +139,20 @@ def test_same_seed_same_samples(composed, heldout: HeldOutFamily) -> None:  # ty
         a = world.sample(random.Random(9), Curriculum())
         b = world.sample(random.Random(9), Curriculum())
         assert a == b
+
+
+@pytest.mark.parametrize(("target", "doc"), [(0, 256), (1, 256), (5, 256), (4096, 1)])
+def test_filler_documents_end_for_budgets_below_the_shortest_document(target: int, doc: int) -> None:
+    """``oprm bench --throughput-tokens 0`` (and --tokens 1, --memory-tokens 0...) spun forever shrinking documents
+    that could never fit: now one document comes back when none fits, and the loop stops when no more can."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from overflow_core.engine import DEFAULT_MODEL_DIR
+    from overflow_core.synthetic.facts import FactWorld
+    from overflow_core.synthetic.haystack import _filler_documents
+
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)
+    docs, _ = _filler_documents(FactWorld("train"), random.Random(0), tokenizer, target, doc)
+    assert len(docs) >= 1 and (target > doc or len(docs) == 1)

@@ -25,6 +25,9 @@ def _tokens(tokenizer: Any, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+MAX_MISSES = 200  # over-budget documents in a row before the budget is taken as below the shortest document
+
+
 def _filler_documents(
     world: FactWorld, rng: random.Random, tokenizer: Any, target_tokens: int, doc_tokens: int
 ) -> tuple[list[tuple[str, dict[str, str]]], list[Fact]]:
@@ -35,13 +38,20 @@ def _filler_documents(
     budget = min(doc_tokens, target_tokens)
     cur = Curriculum(max_facts=4, distractor_rate=0.5)
     chars = budget * 3.2  # characters per document; shrunk whenever a document comes out over budget
+    misses = 0  # documents over budget in a row: a budget below the shortest document would otherwise loop forever
     while not docs or total + budget <= target_tokens:
         doc_facts = world.facts(rng, rng.randint(0, 3), cur.distractor_rate)
         text = world.document(rng, doc_facts, target_chars=int(chars))
         n_tok = _tokens(tokenizer, text)
-        if n_tok > budget:
-            chars *= 0.9
-            continue
+        if n_tok > budget or n_tok == 0:  # an empty document (target_chars 0) adds nothing: never take one
+            misses += 1
+            if misses < MAX_MISSES:
+                chars = max(chars * 0.9, 1.0)
+                continue
+            if docs:  # no shorter document can be made: what there is is the haystack
+                break
+            # not even one document fits: the shortest one made, over budget, so there is a haystack at all
+        misses = 0
         docs.append((text, {"source": f"doc{len(docs):04d}"}))
         facts.extend(doc_facts)
         total += n_tok
