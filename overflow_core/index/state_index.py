@@ -168,8 +168,8 @@ class StateIndex:
                 tuple(sorted(present)),
             )
         computed = self._compute(chunks, progress=progress)  # before anything changes: a failure leaves the index whole
-        for source in sorted(present):
-            self.remove(source)
+        if present:
+            self.remove(lambda c: c.source in present)  # one pass, one renumbering
         base, docs = len(self._slots), self._documents
         for slot in computed:
             slot.chunk = replace(slot.chunk, index=base + slot.chunk.index, doc_index=docs + slot.chunk.doc_index)
